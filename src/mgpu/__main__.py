@@ -1,0 +1,8 @@
+"""Entry point of `python -m mgpu` and of the one-file binary."""
+
+import sys
+
+from mgpu.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

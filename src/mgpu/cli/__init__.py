@@ -1,0 +1,97 @@
+"""The `mgpu` command: picks the role from the first argument and runs its module.
+
+Owns: the top-level help, --version, --debug and the rule that a user sees one line and an exit
+code, never a traceback. Must not: import a role's module before it is chosen (each client role
+starts in the time of its own imports only).
+"""
+
+import importlib
+import os
+import sys
+
+from mgpu import __version__
+
+ROLES = {
+    # name: (module, one-line summary)
+    "master": ("mgpu.cli.master", "run the scheduler daemon (queue, state, this host's GPUs)"),
+    "srun": ("mgpu.cli.srun", "submit a job; -i to wait for it and stream its output"),
+    "queue": ("mgpu.cli.queue", "show jobs and GPUs"),
+    "cancel": ("mgpu.cli.cancel", "cancel jobs"),
+}
+
+USAGE = """usage: mgpu [--debug] [--version] COMMAND [ARGS...]
+
+A multi-GPU job scheduler: one daemon per GPU box, researchers share its GPUs.
+
+commands:
+%s
+
+examples:
+  sudo mgpu master                          start the scheduler on this GPU box
+  mgpu srun --gpus 2 -- python train.py      queue a job on 2 GPUs (prints its id)
+  mgpu srun -i --gpus 1 -- nvidia-smi -L     run it, wait, and stream its output
+  mgpu queue                                 jobs and GPUs
+  mgpu cancel 42                             cancel job 42
+
+'mgpu COMMAND --help' shows the options of each command.
+"""
+
+
+def usage():
+    width = max(len(name) for name in ROLES)
+    lines = "\n".join("  %-*s  %s" % (width, name, summary) for name, (_, summary) in ROLES.items())
+    return USAGE % lines
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("MGPU_DEBUG"))
+    while argv and argv[0] in ("--debug", "--version", "-V", "--help", "-h"):
+        flag = argv.pop(0)
+        if flag == "--debug":
+            debug = True
+        elif flag in ("--version", "-V"):
+            print("mgpu %s" % __version__)
+            return 0
+        else:
+            sys.stdout.write(usage())
+            return 0
+    if not argv:
+        sys.stderr.write(usage())
+        return 2
+    role = argv.pop(0)
+    if role not in ROLES:
+        sys.stderr.write("mgpu: unknown command %r (commands: %s; see 'mgpu --help')\n"
+                         % (role, ", ".join(ROLES)))
+        return 2
+    if debug:
+        os.environ["MGPU_DEBUG"] = "1"
+    module = importlib.import_module(ROLES[role][0])
+    return run_role(module.main, argv, debug)
+
+
+def run_role(role_main, argv, debug):
+    from mgpu.errors import EXIT_ERROR, MgpuError
+
+    try:
+        return role_main(argv) or 0
+    except MgpuError as e:
+        if debug:
+            raise
+        sys.stderr.write("mgpu: %s\n" % e.message)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `mgpu queue | head`: the reader went away; nothing left to say.
+        try:
+            sys.stdout = None
+        except Exception:
+            pass
+        return 0
+    except Exception as e:  # a bug: one line unless --debug
+        if debug:
+            raise
+        sys.stderr.write("mgpu: internal error: %s: %s (run with --debug for details)\n"
+                         % (type(e).__name__, e))
+        return EXIT_ERROR

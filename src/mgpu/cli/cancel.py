@@ -1,0 +1,51 @@
+"""`mgpu cancel`: cancel jobs."""
+
+import argparse
+import sys
+
+from mgpu.cli.common import Parser
+from mgpu.client import call
+from mgpu.errors import EXIT_ERROR
+
+EXAMPLES = """examples:
+  mgpu cancel 42                 cancel job 42
+  mgpu cancel 42 43 44
+  mgpu cancel --user $USER       cancel all your pending and running jobs
+
+A pending job leaves the queue. A running one gets SIGTERM on its whole process tree, then
+SIGKILL after the master's grace period; its GPUs are free once its processes are gone.
+You may cancel only your own jobs (root and operators: any)."""
+
+
+def build_parser():
+    p = Parser(prog="mgpu cancel", usage="mgpu cancel ID... | --user USER",
+               description="Cancel jobs.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ids", nargs="*", metavar="ID", help="job ids")
+    p.add_argument("--user", "-u", metavar="USER", help="cancel all active jobs of USER")
+    return p
+
+
+def main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ids = []
+    for text in args.ids:
+        if not text.isdigit():
+            parser.error("bad job id %r: job ids are numbers" % text)
+        ids.append(int(text))
+    if not ids and not args.user:
+        parser.error("give job ids or --user USER")
+    fields = {"ids": ids}
+    if args.user:
+        fields["user"] = args.user
+    results = call("cancel", **fields)["results"]
+    failed = False
+    for result in results:
+        if result["result"] in ("cancelled", "stopping"):
+            print("job %d: %s" % (result["id"], result["message"]))
+        else:
+            failed = True
+            sys.stderr.write("mgpu: cannot cancel job %d: %s\n" % (result["id"], result["message"]))
+    if args.user and not results:
+        print("no active jobs of %s" % args.user)
+    return EXIT_ERROR if failed else 0

@@ -1,0 +1,45 @@
+"""`mgpu queue`: show jobs and GPUs."""
+
+import argparse
+
+from mgpu.cli.common import Parser
+from mgpu.client import call
+
+EXAMPLES = """examples:
+  mgpu queue                    pending and running jobs, then the GPUs
+  mgpu queue --all              also finished jobs, with exit codes
+  mgpu queue --user alice --state PENDING
+  mgpu queue --json | jq '.jobs[] | select(.state == "RUNNING") | .id'
+"""
+
+
+def build_parser():
+    p = Parser(prog="mgpu queue", description="Show the queue (running, then pending in the order they "
+               "will start, with why they wait) and each GPU's reserved memory and jobs.",
+               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--all", "-a", action="store_true", help="include finished jobs and their exit codes")
+    p.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
+    p.add_argument("--state", "-t", metavar="STATE[,STATE]", help="only jobs in these states (e.g. PENDING,RUNNING)")
+    p.add_argument("--json", action="store_true", help='print {"jobs": [...], "nodes": [...]} as JSON')
+    return p
+
+
+def main(argv):
+    args = build_parser().parse_args(argv)
+    fields = {"all": args.all}
+    if args.user:
+        fields["user"] = args.user
+    if args.state:
+        fields["state"] = args.state
+    result = call("queue", **fields)
+    from mgpu.cli import render
+
+    if args.json:
+        print(render.as_json(result))
+        return 0
+    jobs = result["jobs"]
+    show_exit = args.all or any(j["state"] not in ("PENDING", "RUNNING") for j in jobs)
+    print(render.jobs_table(jobs, render.now_of(result), show_exit))
+    print()
+    print(render.gpus_table(result["nodes"]))
+    return 0

@@ -1,0 +1,173 @@
+"""`mgpu srun`: submit a job; with -i, wait for it and stream its output."""
+
+import argparse
+import os
+import sys
+
+from mgpu import bundle, errors
+from mgpu.cli.common import Parser
+from mgpu.client import Client
+from mgpu.errors import MgpuError
+from mgpu.model import parse_duration, parse_gpu_ids, parse_signal_spec
+
+STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
+
+DESCRIPTION = """Submit COMMAND as a job. It runs as you, in --chdir (default: here), with your
+current environment plus CUDA_VISIBLE_DEVICES set to the GPUs it was granted (inside the job
+they are cuda:0..N-1), CUDA_DEVICE_ORDER=PCI_BUS_ID, MGPU_JOB_ID, MGPU_GPU_IDS, and
+MGPU_JOB_END_TIME when it has a time limit. Without -i it prints 'Submitted job N' and returns."""
+
+EXAMPLES = """examples:
+  mgpu srun -- python train.py                          1 GPU, output in ~/.mgpu/logs/N.out
+  mgpu srun --gpus 4 --time-limit 2:00:00 -- torchrun --nproc-per-node 4 train.py
+  mgpu srun --gpu-ids 0,2 --name eval -- python eval.py   exactly GPUs 0 and 2
+  mgpu srun --mem 20000 -- python small.py               share a GPU: 20000 MB of it
+  mgpu srun -i --gpus 1 -- nvidia-smi -L                 wait, stream output, exit with its code
+  mgpu srun --env-setup-cmd 'source venv/bin/activate' --output run-%j.log -- python train.py
+  mgpu srun --time-limit 1-00:00:00 --signal USR1@300 --requeue -- python train.py
+"""
+
+
+def build_parser():
+    p = Parser(prog="mgpu srun", usage="mgpu srun [options] -- COMMAND [ARGS...]",
+               description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpus", "-G", type=int, metavar="N", help="number of GPUs (default 1; 0 for none)")
+    p.add_argument("--gpu-ids", metavar="LIST", help="exact physical GPUs, e.g. 0,2 (as nvidia-smi numbers them)")
+    p.add_argument("--mem", metavar="MB", help="memory per GPU (MB, or with a G suffix); a GPU may then be shared")
+    p.add_argument("--time-limit", "-t", metavar="TIME", help="seconds or [D-]HH:MM:SS; SIGTERM then SIGKILL when reached")
+    p.add_argument("--signal", nargs="?", const="", metavar="[SIG][@SECONDS]",
+                   help="send SIG this long before the time limit so the job can checkpoint (default USR1@60)")
+    p.add_argument("--requeue", action="store_true", help="on reaching the time limit, go back to the end of the queue")
+    p.add_argument("--priority", "-p", type=int, metavar="P", help="higher runs first (0 to the site maximum, default 100; default 0)")
+    p.add_argument("--name", "-J", metavar="NAME", help="job name shown by 'mgpu queue'")
+    p.add_argument("--chdir", "-D", metavar="DIR", help="working directory (default: the current one)")
+    p.add_argument("--output", "-o", metavar="PATH", help="output file; %%j is the job id (default ~/.mgpu/logs/%%j.out)")
+    p.add_argument("--error", "-e", metavar="PATH", help="separate file for stderr (default: with the output; with -i ~/.mgpu/logs/%%j.err)")
+    p.add_argument("--env-setup-cmd", metavar="CMD", help="shell code run before COMMAND in the job's shell, e.g. 'source venv/bin/activate'")
+    p.add_argument("--interactive", "-i", action="store_true", help="wait for the job, stream its stdout and stderr, exit with its exit code (Ctrl+C detaches)")
+    p.add_argument("--parsable", action="store_true", help="print only the job id")
+    p.add_argument("--quiet", "-q", action="store_true", help="with -i, do not report queue position and start")
+    p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def _usage_error(parser, message):
+    parser.error(message)
+
+
+def parse_mem(text):
+    text = text.strip().upper()
+    factor = 1
+    if text.endswith(("G", "GB")):
+        factor, text = 1024, text.rstrip("B")[:-1]
+    elif text.endswith(("M", "MB")):
+        text = text.rstrip("B")[:-1]
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError("bad --mem %r: use MB (e.g. 20000) or GB with a G suffix (e.g. 20G)" % text)
+    return int(text) * factor
+
+
+def build_request(args, parser):
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _usage_error(parser, "no command given: mgpu srun [options] -- COMMAND [ARGS...]")
+    fields = {"command": command, "requeue": args.requeue, "interactive": args.interactive}
+    try:
+        if args.gpu_ids is not None:
+            fields["gpu_ids"] = list(parse_gpu_ids(args.gpu_ids))
+            if args.gpus is not None and args.gpus != len(fields["gpu_ids"]):
+                raise ValueError("--gpus %d does not match --gpu-ids %s" % (args.gpus, args.gpu_ids))
+        if args.gpus is not None:
+            if args.gpus < 0:
+                raise ValueError("--gpus must be 0 or more")
+            fields["gpus"] = args.gpus
+        if args.mem is not None:
+            fields["mem_mb"] = parse_mem(args.mem)
+        if args.time_limit is not None:
+            fields["time_limit"] = parse_duration(args.time_limit)
+        if args.signal is not None:
+            fields["warn_signal"], fields["warn_seconds"] = parse_signal_spec(args.signal)
+    except ValueError as e:
+        raise MgpuError(errors.INVALID_ARGUMENT, str(e)) from None
+    cwd = os.path.abspath(args.chdir) if args.chdir else os.getcwd()
+    if not os.path.isdir(cwd):
+        raise MgpuError(errors.INVALID_ARGUMENT, "--chdir %s: no such directory" % cwd)
+    fields["cwd"] = cwd
+    for name in ("output", "error"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = os.path.join(cwd, os.path.expanduser(value))
+    for name, value in (("priority", args.priority), ("name", args.name), ("env_setup", args.env_setup_cmd)):
+        if value is not None:
+            fields[name] = value
+    umask = os.umask(0o022)
+    os.umask(umask)
+    fields["umask"] = umask
+    fields["env"] = bundle.clean_environ()
+    return fields
+
+
+def main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fields = build_request(args, parser)
+    client = Client.connect()
+    try:
+        result = client.call("submit", **fields)
+        job_id = result["job_id"]
+        if not args.interactive:
+            print(job_id if args.parsable else "Submitted job %d" % job_id)
+            return 0
+        if args.parsable:
+            print(job_id, file=sys.stderr)
+        return follow(client, job_id, args.quiet)
+    finally:
+        client.close()
+
+
+def follow(client, job_id, quiet):
+    """Stream a job until it ends; the job's exit code, or 130 when the user detaches."""
+    say = (lambda line: None) if quiet else (lambda line: _stderr("mgpu: " + line + "\n"))
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    try:
+        client.send("attach", job_id=job_id)
+        reply = client.read(STREAM_READ_TIMEOUT)
+        if reply.get("ok") is False:
+            raise MgpuError(reply.get("error", errors.INTERNAL), reply.get("message", "attach failed"))
+        announced = None
+        while True:
+            frame = client.read(STREAM_READ_TIMEOUT)
+            kind = frame.get("type")
+            if kind == "output":
+                stream = err if frame.get("stream") == "stderr" else out
+                stream.write(frame["data"].encode("latin-1"))
+                stream.flush()
+            elif kind == "status":
+                job = frame["job"]
+                if job["state"] == "PENDING":
+                    line = "job %d queued (position %s): %s" % (job_id, job.get("position") or "?", job.get("reason") or "waiting")
+                else:
+                    gpus = ",".join(map(str, job["gpu_ids"])) or "none"
+                    line = "job %d running on %s, GPUs %s" % (job_id, job.get("node"), gpus)
+                if line != announced:
+                    announced = line
+                    say(line)
+            elif kind == "end":
+                job = frame["job"]
+                out.flush()
+                code = job.get("exit_code")
+                state, reason = job["state"], job.get("reason") or ""
+                if state != "COMPLETED" and not (state == "FAILED" and reason.startswith("exit code")):
+                    _stderr("mgpu: job %d %s%s\n" % (job_id, state, (": " + reason) if reason else ""))
+                return code if isinstance(code, int) and 0 <= code <= 255 else 1
+    except KeyboardInterrupt:
+        _stderr("\nmgpu: detached from job %d; it keeps running. Follow it with 'mgpu queue', "
+                "cancel it with 'mgpu cancel %d'\n" % (job_id, job_id))
+        return 130
+
+
+def _stderr(text):
+    sys.stderr.write(text)
+    sys.stderr.flush()

@@ -1,0 +1,595 @@
+"""The master's logic: `handle(event, now) -> actions`.
+
+Owns: the queue and the running jobs in memory, authorisation of requests (identity comes in
+the event, read by the kernel), validation of submissions against the cluster, time limits,
+warning signals, two-stage stops, the time-slice context switch, and the decision of what each
+job end means (COMPLETED, FAILED, TIMEOUT, CANCELLED, requeue). Must not: do I/O, read a clock,
+start threads, or call a node: it returns actions and the master carries them out, writing the
+store before anything that depends on it.
+
+Events are dicts with a `kind`: `request` (a client's request, with the peer's identity),
+`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`. Time passes through
+`advance(now)`; a scheduler pass runs through `schedule(now)` and only when something changed.
+"""
+
+import collections
+import signal as _signal
+
+from . import errors, scheduler
+from .errors import MgpuError
+from .model import (Allocation, Gpu, Job, JobState, Node, ResourceRequest, Transition,
+                    format_duration)
+
+SIGTERM = int(_signal.SIGTERM)
+SIGKILL = int(_signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions
+
+
+class Action:
+    __slots__ = ()
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (name, getattr(self, name)) for name in self.__slots__))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+
+class Reply(Action):
+    """Answer the request identified by `token`."""
+    __slots__ = ("token", "message")
+
+    def __init__(self, token, message):
+        self.token, self.message = token, message
+
+
+class Save(Action):
+    """Write the job (and its new environment, and the transition) to the store."""
+    __slots__ = ("job", "transition", "env")
+
+    def __init__(self, job, transition=None, env=None):
+        self.job, self.transition, self.env = job, transition, env
+
+
+class Launch(Action):
+    """Start the job's current attempt on its node."""
+    __slots__ = ("job",)
+
+    def __init__(self, job):
+        self.job = job
+
+
+class SignalJob(Action):
+    __slots__ = ("node", "job_id", "attempt", "signum")
+
+    def __init__(self, node, job_id, attempt, signum):
+        self.node, self.job_id, self.attempt, self.signum = node, job_id, attempt, signum
+
+
+class Release(Action):
+    """The end of this attempt is recorded: the node may forget it."""
+    __slots__ = ("node", "job_id", "attempt")
+
+    def __init__(self, node, job_id, attempt):
+        self.node, self.job_id, self.attempt = node, job_id, attempt
+
+
+class CheckJob(Action):
+    """Ask the node what became of this attempt (a supervisor said it ended)."""
+    __slots__ = ("node", "job_id", "attempt")
+
+    def __init__(self, node, job_id, attempt):
+        self.node, self.job_id, self.attempt = node, job_id, attempt
+
+
+class Log(Action):
+    __slots__ = ("line",)
+
+    def __init__(self, line):
+        self.line = line
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Settings:
+    """What the controller needs of the configuration."""
+
+    def __init__(self, policy="fill_first", max_user_priority=100, max_job_time=None, kill_grace=10.0,
+                 operator_uids=(), allow_root_jobs=False, owner_uid=None, owner_name=None,
+                 keep_finished=10000):
+        self.policy = policy
+        self.max_user_priority = max_user_priority
+        self.max_job_time = max_job_time
+        self.kill_grace = kill_grace
+        self.operator_uids = frozenset(operator_uids)
+        self.allow_root_jobs = allow_root_jobs
+        self.owner_uid = owner_uid      # set in single-user mode
+        self.owner_name = owner_name
+        self.keep_finished = keep_finished
+
+
+def ok(result=None):
+    return {"ok": True, "result": result}
+
+
+def error_reply(code, message):
+    return {"ok": False, "error": code, "message": message}
+
+
+def _plural(n, word):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+def describe_command(command):
+    text = " ".join(command)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Controller:
+    def __init__(self, settings, jobs=(), next_id=1, next_seq=1):
+        self.settings = settings
+        self.nodes = {}
+        self.jobs = {}
+        self.pending = {}
+        self.running = {}
+        self.finished = collections.deque()
+        self.next_id = next_id
+        self.next_seq = next_seq
+        self.dirty = True
+        self.waiting = {}    # job id -> why it waits, from the last scheduler pass
+        self.positions = {}  # job id -> place in the queue (1 = next), from the last pass
+        self._over_slice = set()  # running jobs past the time slice (checked on each pass)
+        for job in sorted(jobs, key=lambda j: j.id):
+            self._track(job)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _track(self, job):
+        self.jobs[job.id] = job
+        if job.state == JobState.PENDING:
+            self.pending[job.id] = job
+        elif job.state == JobState.RUNNING:
+            self.running[job.id] = job
+        else:
+            self.finished.append(job.id)
+            while len(self.finished) > self.settings.keep_finished:
+                self.jobs.pop(self.finished.popleft(), None)
+
+    def _move(self, job, new, now, reason, cause):
+        """Change a job's state (the one transition function, in model.Job) and its place in
+        the controller's tables; returns the Save action that records it."""
+        old = job.state
+        transition = job.transition(new, now, reason, cause)
+        if old == JobState.PENDING:
+            self.pending.pop(job.id, None)
+        elif old == JobState.RUNNING:
+            self.running.pop(job.id, None)
+            self._over_slice.discard(job.id)
+        if new == JobState.PENDING:
+            job.queue_seq = self.next_seq  # back of the queue
+            self.next_seq += 1
+        if new in JobState.FINAL:
+            self.jobs.pop(job.id, None)
+        self._track(job)
+        self.dirty = True
+        return Save(job, transition)
+
+    def privileged(self, uid):
+        s = self.settings
+        return uid == 0 or uid in s.operator_uids or (s.owner_uid is not None and uid == s.owner_uid)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def handle(self, event, now):
+        kind = event.get("kind")
+        if kind == "request":
+            return self._request(event, now)
+        handler = getattr(self, "_on_" + str(kind), None)
+        if handler is None:
+            return [Log("ignored unknown event %r" % kind)]
+        return handler(event, now)
+
+    def _request(self, event, now):
+        token, peer, type_ = event["token"], event["peer"], event["type"]
+        s = self.settings
+        if s.owner_uid is not None and peer["uid"] != s.owner_uid:
+            return [Reply(token, error_reply(
+                errors.PERMISSION_DENIED,
+                "this mgpu master runs in single-user mode for %s (it was started without root); "
+                "it serves only %s" % (s.owner_name, s.owner_name)))]
+        try:
+            return getattr(self, "_" + type_)(token, event["fields"], peer, now)
+        except MgpuError as e:
+            return [Reply(token, error_reply(e.code, e.message))]
+
+    def _ping(self, token, fields, peer, now):
+        return [Reply(token, ok({"time": now}))]
+
+    def _submit(self, token, fields, peer, now):
+        s = self.settings
+        uid = peer["uid"]
+        if uid == 0 and not s.allow_root_jobs and s.owner_uid is None:
+            raise MgpuError(errors.PERMISSION_DENIED,
+                            "jobs do not run as root: submit as your own user, or set "
+                            "allow_root_jobs: true in the master's config")
+        priority = fields.get("priority")
+        priority = 0 if priority is None else priority
+        if not self.privileged(uid) and not 0 <= priority <= s.max_user_priority:
+            raise MgpuError(errors.INVALID_ARGUMENT, "priority must be between 0 and %d (higher "
+                            "runs first); only root and operators may go beyond" % s.max_user_priority)
+        gpu_ids = fields.get("gpu_ids")
+        if gpu_ids is not None and len(set(gpu_ids)) != len(gpu_ids):
+            raise MgpuError(errors.INVALID_ARGUMENT, "GPU ids must be distinct")
+        gpus = fields.get("gpus", 1)
+        request = ResourceRequest(gpus if gpus is not None else 1, gpu_ids, fields.get("mem_mb"))
+        why = self.unsatisfiable(request)
+        if why:
+            raise MgpuError(errors.UNSATISFIABLE, "cannot ever run: " + why)
+        time_limit = fields.get("time_limit")
+        warn_signal = fields.get("warn_signal")
+        if warn_signal is not None and not time_limit:
+            raise MgpuError(errors.INVALID_ARGUMENT, "--signal warns before the time limit: give --time-limit too")
+        job_id = self.next_id
+        user = peer["user"]
+        cwd = fields["cwd"]
+        if not cwd.startswith("/"):
+            raise MgpuError(errors.INVALID_ARGUMENT, "the working directory must be an absolute path")
+        logs = peer["home"].rstrip("/") + "/.mgpu/logs/"
+        output = self._expand(fields.get("output") or logs + "%j.out", job_id, user, fields.get("name"), cwd)
+        error = fields.get("error")
+        if error is None and fields.get("interactive"):
+            error = logs + "%j.err"
+        error = self._expand(error, job_id, user, fields.get("name"), cwd) if error else None
+        job = Job(id=job_id, user=user, uid=uid, gid=peer["gid"], name=fields.get("name"),
+                  command=fields["command"], cwd=cwd, output=output, error=error,
+                  env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,
+                  mem_mb=request.mem_mb, time_limit=time_limit, priority=priority,
+                  requeue=bool(fields.get("requeue")), warn_signal=warn_signal,
+                  warn_seconds=fields.get("warn_seconds"), submit_time=now,
+                  queue_seq=self.next_seq, state=JobState.PENDING, reason="submitted",
+                  umask=fields.get("umask"))
+        self.next_id += 1
+        self.next_seq += 1
+        self._track(job)
+        self.dirty = True
+        what = "%s" % _plural(job.gpus, "GPU") if not job.gpu_ids else "GPUs " + ",".join(map(str, job.gpu_ids))
+        if job.mem_mb:
+            what += " x %d MB" % job.mem_mb
+        return [
+            Save(job, Transition(job.id, now, "", JobState.PENDING, "submitted", "submit by %s" % user),
+                 fields["env"]),
+            Log("submit job %d user=%s %s priority=%d: %s" % (job.id, user, what, priority,
+                                                             describe_command(job.command))),
+            Reply(token, ok({"job_id": job.id, "output": job.output, "error": job.error})),
+        ]
+
+    @staticmethod
+    def _expand(path, job_id, user, name, cwd):
+        path = path.replace("%j", str(job_id)).replace("%u", user).replace("%x", name or "job")
+        return path if path.startswith("/") else cwd.rstrip("/") + "/" + path
+
+    def unsatisfiable(self, request):
+        if request.gpus and not any(node.gpus for node in self.nodes.values()):
+            return ("this cluster has no GPUs (NVML found none and no fake GPUs are configured); "
+                    "submit with --gpus 0")
+        return scheduler.unsatisfiable_reason(request, list(self.nodes.values()))
+
+    def _queue(self, token, fields, peer, now):
+        user, states = fields.get("user"), fields.get("state")
+        wanted = None
+        if states:
+            wanted = {s.strip().upper() for s in states.split(",") if s.strip()}
+            unknown = wanted - set(JobState.ALL)
+            if unknown:
+                raise MgpuError(errors.INVALID_ARGUMENT, "unknown state %s (states: %s)"
+                                % (sorted(unknown)[0], ", ".join(JobState.ALL)))
+        include_finished = fields.get("all") or (wanted is not None and bool(wanted & JobState.FINAL))
+        selected = list(self.running.values())
+        selected.sort(key=lambda j: (j.start_time or 0, j.id))
+        positions = self.positions
+        pending = sorted(self.pending.values(), key=lambda j: (positions.get(j.id, 1 << 60), -j.priority, j.queue_seq))
+        selected.extend(pending)
+        if include_finished:
+            selected.extend(self.jobs[i] for i in self.finished if i in self.jobs)
+        rows = [self.job_row(job) for job in selected
+                if (user is None or job.user == user) and (wanted is None or job.state in wanted)]
+        return [Reply(token, ok({"jobs": rows, "nodes": self.node_rows(), "time": now}))]
+
+    def _cancel(self, token, fields, peer, now):
+        uid, name = peer["uid"], peer["user"]
+        privileged = self.privileged(uid)
+        ids = list(fields.get("ids") or ())
+        user = fields.get("user")
+        if user is not None:
+            if not privileged and user != name:
+                raise MgpuError(errors.PERMISSION_DENIED,
+                                "permission denied: you may cancel only your own jobs")
+            ids.extend(job.id for job in list(self.running.values()) + list(self.pending.values())
+                       if job.user == user and job.id not in ids)
+        actions, results = [], []
+        for job_id in ids:
+            job = self.jobs.get(job_id)
+            if job is None:
+                results.append({"id": job_id, "result": "not_found", "message": "no such job"})
+            elif not privileged and job.uid != uid:
+                results.append({"id": job_id, "result": "permission_denied",
+                                "message": "permission denied: job %d belongs to %s" % (job_id, job.user)})
+            elif job.state in JobState.FINAL:
+                results.append({"id": job_id, "result": "finished",
+                                "message": "already ended (%s)" % job.state})
+            elif job.state == JobState.PENDING:
+                actions.append(self._move(job, JobState.CANCELLED, now, "cancelled by %s" % name,
+                                          "cancel by %s" % name))
+                actions.append(Log("cancel job %d (pending) by %s" % (job_id, name)))
+                results.append({"id": job_id, "result": "cancelled", "message": "cancelled"})
+            else:
+                actions.extend(self._stop(job, "cancel", now, "cancelled by %s" % name))
+                results.append({"id": job_id, "result": "stopping",
+                                "message": "stopping (SIGTERM sent, SIGKILL after %gs)" % self.settings.kill_grace})
+        actions.append(Reply(token, ok({"results": results})))
+        return actions
+
+    def _attach(self, token, fields, peer, now):
+        job = self.jobs.get(fields["job_id"])
+        if job is None:
+            raise MgpuError(errors.NOT_FOUND, "no such job %d" % fields["job_id"])
+        if not self.privileged(peer["uid"]) and job.uid != peer["uid"]:
+            raise MgpuError(errors.PERMISSION_DENIED, "permission denied: job %d belongs to %s" % (job.id, job.user))
+        return [Reply(token, ok(self.job_row(job)))]
+
+    def _job_event(self, token, fields, peer, now):
+        if peer["uid"] not in (0, self.settings.owner_uid):
+            raise MgpuError(errors.PERMISSION_DENIED, "job events come from supervisors only")
+        job = self.running.get(fields["job_id"])
+        actions = [Reply(token, ok())]
+        if job is not None and job.attempt == fields["attempt"]:
+            actions.insert(0, CheckJob(job.node, job.id, job.attempt))
+        return actions
+
+    # -- node events ------------------------------------------------------------------------
+
+    def _on_node_up(self, event, now):
+        gpus = [Gpu.from_dict(g) for g in event["gpus"]]
+        self.nodes[event["name"]] = Node(event["name"], gpus)
+        self.dirty = True
+        return [Log("node %s up with %s" % (event["name"], _plural(len(gpus), "GPU")))]
+
+    def _on_gpu_usage(self, event, now):
+        node = self.nodes.get(event["node"])
+        if node is not None:
+            for gpu in node.gpus:
+                gpu.external_mb = int(event["usage"].get(gpu.index, event["usage"].get(str(gpu.index), 0)))
+            self.dirty = True
+        return []
+
+    def _current(self, event):
+        job = self.running.get(event.get("job_id"))
+        if job is None or job.attempt != event.get("attempt") or job.node != event.get("node"):
+            return None  # a report about an older attempt, or a job that ended: ignore it
+        return job
+
+    def _on_job_started(self, event, now):
+        job = self._current(event)
+        if job is None:
+            return []
+        job.sup_pid, job.sup_start, job.pgid = event["sup_pid"], event["sup_start"], event["pgid"]
+        return [Save(job)]
+
+    def _on_job_exited(self, event, now):
+        job = self._current(event)
+        if job is None:
+            return []
+        exit_code, error = event.get("exit_code"), event.get("error")
+        signum = event.get("signal")
+        ran = format_duration(now - job.start_time) if job.start_time is not None else "?"
+        cause = job.stop_cause
+        if cause == "cancel":
+            new, reason = JobState.CANCELLED, job.reason or "cancelled"
+        elif cause == "timeout" and not job.requeue:
+            new, reason = JobState.TIMEOUT, "reached its time limit of %s" % format_duration(job.time_limit)
+        elif cause in ("timeout", "slice"):
+            new = JobState.PENDING
+            reason = ("requeued: reached its time limit" if cause == "timeout"
+                      else "requeued: ran past the %s time slice while others waited" % format_duration(self.settings.max_job_time))
+        elif error:
+            new, reason = JobState.FAILED, error
+        elif exit_code == 0:
+            new, reason = JobState.COMPLETED, ""
+        elif signum:
+            new, reason = JobState.FAILED, "killed by signal %d (%s)" % (signum, _signal_name(signum))
+        else:
+            new, reason = JobState.FAILED, "exit code %s" % exit_code
+        node, attempt = job.node, job.attempt
+        save = self._move(job, new, now, reason, "exit" if not cause else cause)
+        if new == JobState.PENDING:
+            job.restarts += 1
+            line = "requeue job %d (%s) after %s, restart %d" % (job.id, reason, ran, job.restarts)
+        else:
+            job.exit_code = exit_code
+            line = "end job %d %s exit=%s after %s%s" % (job.id, new, exit_code, ran,
+                                                          (": " + reason) if reason else "")
+        return [save, Release(node, job.id, attempt), Log(line)]
+
+    def _on_job_lost(self, event, now):
+        job = self._current(event)
+        if job is None:
+            return []
+        node, attempt = job.node, job.attempt
+        if job.stop_cause == "cancel":
+            save = self._move(job, JobState.CANCELLED, now, job.reason or "cancelled", "lost while cancelling")
+            line = "end job %d CANCELLED (%s)" % (job.id, event.get("reason"))
+        elif not event.get("started") or job.requeue:
+            save = self._move(job, JobState.PENDING, now, "requeued: %s" % event.get("reason"), "lost")
+            if event.get("started"):
+                job.restarts += 1
+            line = "requeue job %d: %s" % (job.id, event.get("reason"))
+        else:
+            save = self._move(job, JobState.NODE_FAIL, now, event.get("reason") or "lost", "lost")
+            line = "end job %d NODE_FAIL: %s" % (job.id, event.get("reason"))
+        return [save, Release(node, job.id, attempt), Log(line)]
+
+    # -- time -------------------------------------------------------------------------------
+
+    def _stop(self, job, cause, now, reason):
+        """Begin the two-stage stop: SIGTERM now, SIGKILL after the grace (see advance)."""
+        if job.stop_cause is not None:
+            if cause == "cancel" and job.stop_cause != "cancel":
+                job.stop_cause, job.reason = "cancel", reason  # a cancel wins over a requeue
+                return [Save(job), Log("cancel job %d (already stopping)" % job.id)]
+            return []
+        job.stop_cause = cause
+        job.reason = reason
+        job.stop_deadline = now + self.settings.kill_grace
+        verb = {"cancel": "cancel", "timeout": "time limit", "slice": "time slice"}[cause]
+        return [SignalJob(job.node, job.id, job.attempt, SIGTERM), Save(job),
+                Log("%s job %d (running): SIGTERM, SIGKILL in %gs" % (verb, job.id, self.settings.kill_grace))]
+
+    def next_deadline(self, now):
+        """The earliest time at which advance() has something to do, or None."""
+        earliest = None
+        slice_ = self.settings.max_job_time
+        for job in self.running.values():
+            if job.stop_cause is not None:
+                due = job.stop_deadline
+            else:
+                due = job.end_estimate
+                if due is not None and job.warn_signal and not job.warned:
+                    due -= job.warn_seconds or 0
+                if slice_ and job.id not in self._over_slice:
+                    crossing = job.start_time + slice_
+                    if due is None or crossing < due:
+                        due = crossing
+            if due is not None and (earliest is None or due < earliest):
+                earliest = due
+        return earliest
+
+    def advance(self, now):
+        """Carry out everything that is due at `now`."""
+        actions = []
+        slice_ = self.settings.max_job_time
+        crossed = False
+        for job in list(self.running.values()):
+            if job.stop_cause is not None:
+                if job.stop_deadline is not None and now >= job.stop_deadline:
+                    job.stop_deadline = None
+                    actions.append(SignalJob(job.node, job.id, job.attempt, SIGKILL))
+                    actions.append(Save(job))
+                    actions.append(Log("kill job %d: still running after the %gs grace, SIGKILL"
+                                       % (job.id, self.settings.kill_grace)))
+                continue
+            end = job.end_estimate
+            if end is not None and now >= end:
+                actions.extend(self._stop(job, "timeout", now, "reached its time limit"))
+                continue
+            if (end is not None and job.warn_signal and not job.warned
+                    and now >= end - (job.warn_seconds or 0)):
+                job.warned = True
+                actions.append(SignalJob(job.node, job.id, job.attempt, job.warn_signal))
+                actions.append(Save(job))
+                actions.append(Log("warn job %d: signal %s, %s before its time limit" % (
+                    job.id, _signal_name(job.warn_signal), format_duration(end - now))))
+            if slice_ and job.id not in self._over_slice and now >= job.start_time + slice_:
+                self._over_slice.add(job.id)
+                crossed = True
+        if crossed:
+            self.dirty = True  # the next pass looks for jobs to switch out
+        return actions
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def schedule(self, now):
+        """One scheduler pass, if anything changed since the last one."""
+        if not self.dirty:
+            return []
+        self.dirty = False
+        nodes = list(self.nodes.values())
+        result = scheduler.schedule(list(self.pending.values()), nodes, list(self.running.values()),
+                                    now, self.settings.policy)
+        actions = []
+        for job, allocation in result.starts:
+            actions.append(self._start(job, allocation, now))
+            actions.append(Launch(job))
+            actions.append(Log("start job %d on %s GPUs %s" % (
+                job.id, allocation.node, ",".join(map(str, allocation.gpu_ids)) or "none")))
+        self.waiting = result.waiting
+        pending = self.pending
+        self.positions = {job_id: i for i, job_id in enumerate((j for j in result.order if j in pending), 1)}
+        if self.settings.max_job_time and self.pending:
+            actions.extend(self._switch_out(now, nodes))
+        return actions
+
+    def _start(self, job, allocation, now):
+        save = self._move(job, JobState.RUNNING, now, "", "scheduled")
+        job.node = allocation.node
+        job.alloc = allocation.gpu_ids
+        job.attempt += 1
+        return save
+
+    def _switch_out(self, now, nodes):
+        slice_ = self.settings.max_job_time
+        over = [j for j in self.running.values()
+                if j.stop_cause is None and j.start_time is not None and now - j.start_time >= slice_]
+        if not over:
+            return []
+        victims = scheduler.time_slice_victims(list(self.pending.values()), nodes,
+                                               list(self.running.values()), over, now)
+        actions = []
+        for job_id in victims:
+            job = self.running[job_id]
+            actions.extend(self._stop(job, "slice", now, "time slice of %s used up while others wait"
+                                      % format_duration(slice_)))
+        return actions
+
+    # -- views ------------------------------------------------------------------------------
+
+    def job_row(self, job):
+        if job.state == JobState.PENDING:
+            reason = self.waiting.get(job.id, job.reason)
+            gpu_ids = list(job.gpu_ids or ())
+        else:
+            reason = job.reason
+            gpu_ids = list(job.alloc)
+        return {
+            "id": job.id, "user": job.user, "uid": job.uid, "state": job.state, "priority": job.priority,
+            "gpus": job.gpus, "gpu_ids": gpu_ids, "mem_mb": job.mem_mb, "node": job.node,
+            "name": job.name, "command": job.command, "exit_code": job.exit_code,
+            "reason": reason, "restarts": job.restarts, "submit_time": job.submit_time,
+            "start_time": job.start_time, "end_time": job.end_time, "time_limit": job.time_limit,
+            "position": self.positions.get(job.id) if job.state == JobState.PENDING else None,
+            "stopping": job.stop_cause is not None, "output": job.output, "error": job.error,
+            "started": job.pgid is not None,
+        }
+
+    def node_rows(self):
+        holders = {}
+        for job in self.running.values():
+            for index in job.alloc:
+                holders.setdefault((job.node, index), []).append(job)
+        rows = []
+        for node in self.nodes.values():
+            gpus = []
+            for gpu in node.gpus:
+                jobs = holders.get((node.name, gpu.index), [])
+                reserved = sum(gpu.memory_mb if j.mem_mb is None else j.mem_mb for j in jobs)
+                gpus.append({"index": gpu.index, "uuid": gpu.uuid, "name": gpu.name,
+                             "memory_mb": gpu.memory_mb, "reserved_mb": min(reserved, gpu.memory_mb),
+                             "external_mb": gpu.external_mb, "jobs": [j.id for j in jobs]})
+            rows.append({"name": node.name, "state": node.state, "gpus": gpus})
+        return rows
+
+
+def _signal_name(signum):
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+__all__ = ["Controller", "Settings", "Reply", "Save", "Launch", "SignalJob", "Release", "CheckJob",
+           "Log", "Allocation"]

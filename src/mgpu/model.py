@@ -1,0 +1,296 @@
+"""The domain: jobs, their states and allowed transitions, resource requests, nodes and GPUs.
+
+Owns: `JobState` names, the one table of allowed transitions, `Job` (with the one function that
+changes its state), `ResourceRequest`, `Gpu`, `Node`, `Allocation`, and parsing of the
+user-facing value formats (durations, signal specs, GPU id lists).
+Must not: import sockets, threads, time, sqlite3, pynvml or anything else that does I/O.
+"""
+
+import re
+import signal as _signal
+
+
+class JobState:
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    NODE_FAIL = "NODE_FAIL"
+
+    ALL = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
+    FINAL = frozenset(("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"))
+    ACTIVE = frozenset(("PENDING", "RUNNING"))
+
+
+# The one table of allowed transitions. RUNNING -> PENDING is a requeue (time-slice context
+# switch, --requeue on reaching the time limit, or a failed node when the job allows requeue).
+TRANSITIONS = {
+    JobState.PENDING: frozenset((JobState.RUNNING, JobState.CANCELLED)),
+    JobState.RUNNING: frozenset((JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED,
+                                 JobState.TIMEOUT, JobState.NODE_FAIL, JobState.PENDING)),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+class Transition:
+    """A recorded change of state: when, from, to, why, and what caused it."""
+
+    __slots__ = ("job_id", "time", "old", "new", "reason", "cause")
+
+    def __init__(self, job_id, time, old, new, reason, cause):
+        self.job_id = job_id
+        self.time = time
+        self.old = old
+        self.new = new
+        self.reason = reason
+        self.cause = cause
+
+
+class ResourceRequest:
+    """What a job asks for: a GPU count or exact GPU ids, and optionally memory per GPU.
+
+    Without `mem_mb` the granted GPUs are exclusive; with it a GPU may be shared.
+    """
+
+    __slots__ = ("gpus", "gpu_ids", "mem_mb")
+
+    def __init__(self, gpus=1, gpu_ids=None, mem_mb=None):
+        self.gpus = len(gpu_ids) if gpu_ids else gpus
+        self.gpu_ids = tuple(gpu_ids) if gpu_ids else None
+        self.mem_mb = mem_mb
+
+    @property
+    def exclusive(self):
+        return self.mem_mb is None
+
+
+class Allocation:
+    """GPUs granted to one attempt of a job on one node."""
+
+    __slots__ = ("node", "gpu_ids", "mem_mb")
+
+    def __init__(self, node, gpu_ids, mem_mb=None):
+        self.node = node
+        self.gpu_ids = tuple(gpu_ids)
+        self.mem_mb = mem_mb
+
+    def __eq__(self, other):
+        return (isinstance(other, Allocation) and self.node == other.node
+                and self.gpu_ids == other.gpu_ids and self.mem_mb == other.mem_mb)
+
+    def __repr__(self):
+        return "Allocation(%r, %r, %r)" % (self.node, self.gpu_ids, self.mem_mb)
+
+
+class Gpu:
+    __slots__ = ("index", "uuid", "name", "memory_mb", "external_mb")
+
+    def __init__(self, index, uuid, name, memory_mb, external_mb=0):
+        self.index = index
+        self.uuid = uuid
+        self.name = name
+        self.memory_mb = memory_mb
+        self.external_mb = external_mb  # used by processes outside mgpu jobs
+
+    def to_dict(self):
+        return {"index": self.index, "uuid": self.uuid, "name": self.name,
+                "memory_mb": self.memory_mb, "external_mb": self.external_mb}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(int(d["index"]), str(d.get("uuid", "")), str(d.get("name", "")),
+                   int(d["memory_mb"]), int(d.get("external_mb", 0)))
+
+
+class NodeState:
+    UP = "UP"
+    DOWN = "DOWN"
+
+
+class Node:
+    __slots__ = ("name", "gpus", "state")
+
+    def __init__(self, name, gpus, state=NodeState.UP):
+        self.name = name
+        self.gpus = list(gpus)
+        self.state = state
+
+    def gpu(self, index):
+        for gpu in self.gpus:
+            if gpu.index == index:
+                return gpu
+        return None
+
+
+# Fields of a Job that are persisted and reported, in a stable order.
+JOB_FIELDS = (
+    "id", "user", "uid", "gid", "name", "command", "cwd", "output", "error", "env_setup",
+    "gpus", "gpu_ids", "mem_mb", "time_limit", "priority", "requeue", "warn_signal",
+    "warn_seconds", "submit_time", "queue_seq", "state", "reason", "exit_code", "start_time",
+    "end_time", "node", "alloc", "attempt", "restarts", "sup_pid", "sup_start", "pgid",
+    "stop_cause", "stop_deadline", "warned", "umask",
+)
+
+
+class Job:
+    __slots__ = JOB_FIELDS
+
+    def __init__(self, **fields):
+        for name in JOB_FIELDS:
+            setattr(self, name, fields.get(name))
+        if self.attempt is None:
+            self.attempt = 0
+        if self.restarts is None:
+            self.restarts = 0
+        if self.state is None:
+            self.state = JobState.PENDING
+        if self.reason is None:
+            self.reason = ""
+        self.alloc = tuple(self.alloc) if self.alloc else ()
+        self.command = list(self.command or ())
+        if self.gpu_ids:
+            self.gpu_ids = tuple(self.gpu_ids)
+            self.gpus = len(self.gpu_ids)
+
+    @property
+    def request(self):
+        return ResourceRequest(self.gpus, self.gpu_ids, self.mem_mb)
+
+    @property
+    def end_estimate(self):
+        """When a running job will have ended at the latest, or None without a time limit."""
+        if self.start_time is None or not self.time_limit:
+            return None
+        return self.start_time + self.time_limit
+
+    @property
+    def stopping(self):
+        return self.stop_cause is not None
+
+    def transition(self, new, now, reason="", cause=""):
+        """The one place a job's state changes: checked against TRANSITIONS and recorded."""
+        old = self.state
+        if new not in TRANSITIONS.get(old, ()):
+            raise InvalidTransition("job %s: %s -> %s is not allowed" % (self.id, old, new))
+        self.state = new
+        self.reason = reason
+        if new == JobState.RUNNING:
+            self.start_time = now
+            self.end_time = None
+            self.exit_code = None
+        elif new == JobState.PENDING:
+            self.start_time = None
+            self.node = None
+            self.alloc = ()
+        elif new in JobState.FINAL:
+            self.end_time = now
+        if new != JobState.RUNNING:
+            self.sup_pid = self.sup_start = self.pgid = None
+            self.stop_cause = self.stop_deadline = None
+            self.warned = None
+        return Transition(self.id, now, old, new, reason, cause)
+
+    def to_dict(self):
+        return {name: getattr(self, name) for name in JOB_FIELDS}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: v for k, v in d.items() if k in JOB_FIELDS})
+
+
+# ---------------------------------------------------------------------------------------------
+# User-facing value formats
+
+_DURATION = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
+_MINSEC = re.compile(r"^(\d+):(\d{1,2})$")
+
+
+def parse_duration(text):
+    """Seconds from `SECONDS`, `MM:SS`, `HH:MM:SS` or `D-HH:MM:SS`; ValueError otherwise."""
+    text = str(text).strip()
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        m = _DURATION.match(text)
+        if m:
+            days, hours, minutes, secs = (int(g) if g else 0 for g in m.groups())
+            if minutes > 59 or secs > 59:
+                raise ValueError("bad time %r: minutes and seconds must be below 60" % text)
+            seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+        else:
+            m = _MINSEC.match(text)
+            if not m or int(m.group(2)) > 59:
+                raise ValueError("bad time %r: use SECONDS or [D-]HH:MM:SS" % text)
+            seconds = int(m.group(1)) * 60 + int(m.group(2))
+    if seconds <= 0:
+        raise ValueError("bad time %r: must be above zero" % text)
+    return seconds
+
+
+def format_duration(seconds):
+    """`[D-]HH:MM:SS`, or `M:SS` below an hour, as squeue prints it."""
+    if seconds is None:
+        return "UNLIMITED"
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return "%d-%02d:%02d:%02d" % (days, hours, minutes, secs)
+    if hours:
+        return "%d:%02d:%02d" % (hours, minutes, secs)
+    return "%d:%02d" % (minutes, secs)
+
+
+DEFAULT_WARN_SIGNAL = "USR1"
+DEFAULT_WARN_SECONDS = 60
+
+
+def signal_number(name):
+    """A signal number from `USR1`, `SIGUSR1` or `10`; ValueError otherwise."""
+    name = str(name).strip().upper()
+    if name.isdigit():
+        number = int(name)
+        try:
+            _signal.Signals(number)
+        except ValueError:
+            raise ValueError("unknown signal %s" % name) from None
+        return number
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(getattr(_signal.Signals, name))
+    except AttributeError:
+        raise ValueError("unknown signal %s" % name) from None
+
+
+def parse_signal_spec(text):
+    """`[SIG][@SECONDS]` (Slurm's --signal) -> (signal number, seconds before the limit)."""
+    text = (text or "").strip()
+    sig, _, secs = text.partition("@")
+    number = signal_number(sig or DEFAULT_WARN_SIGNAL)
+    if secs:
+        if not secs.isdigit() or int(secs) <= 0:
+            raise ValueError("bad --signal %r: the time after @ is whole seconds above zero" % text)
+        seconds = int(secs)
+    else:
+        seconds = DEFAULT_WARN_SECONDS
+    return number, seconds
+
+
+def parse_gpu_ids(text):
+    """`0,2` -> (0, 2): distinct non-negative integers."""
+    ids = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise ValueError("bad GPU id list %r: use comma-separated indices like 0,2" % text)
+        if int(part) in ids:
+            raise ValueError("bad GPU id list %r: %s appears twice" % (text, part))
+        ids.append(int(part))
+    return tuple(ids)
