@@ -122,6 +122,19 @@ class _NodeGpus:
                 holders[slot] += 1
                 exclusive[slot] += 1
             return
+        if sign == 1:
+            # A --mem job joins GPUs it may share (no exclusive holder but perhaps a phantom).
+            for slot in slots:
+                if exclusive[slot] == 0:
+                    left = cap[slot] - shared[slot]
+                    del shareable[bisect_left(shareable, left)]
+                    insort(shareable, left - mem_mb)
+                if holders[slot] == 0:
+                    self.free_count -= 1
+                    self.free_mask &= ~(1 << self.indices[slot])
+                holders[slot] += 1
+                shared[slot] += mem_mb
+            return
         for slot in slots:
             if exclusive[slot] == 0:
                 del shareable[bisect_left(shareable, cap[slot] - shared[slot])]
@@ -347,16 +360,16 @@ class _Cluster:
         """The first node in list order on which all these GPUs are usable, or None."""
         nodes = self.nodes
         first_usable = self._first_usable
+        wanted = len(gpu_ids)
         pos = 0
-        settled = False
-        # Move to the first node where each GPU is usable, until they all agree.
-        while not settled:
-            settled = True
-            for index in gpu_ids:
-                found = first_usable(index, mem_mb, pos)
-                if found != pos:
-                    pos = found
-                    settled = False
+        agreeing = 0  # how many GPUs in a row were found usable at pos
+        turn = 0
+        # Move to the first node where the next GPU is usable, until all agree on one node.
+        while agreeing < wanted and pos < len(nodes):
+            found = first_usable(gpu_ids[turn % wanted], mem_mb, pos)
+            agreeing = agreeing + 1 if found == pos else 1
+            pos = found
+            turn += 1
         return nodes[pos] if pos < len(nodes) else None
 
     def _first_usable(self, index, mem_mb, pos):
@@ -410,7 +423,8 @@ class _Cluster:
         usable, buckets = index.usable, index.buckets
         nodes = self.nodes
         most = index.most
-        for pos in set(granted[index.synced:]):
+        fresh = granted[index.synced:]
+        for pos in (fresh if len(fresh) == 1 else set(fresh)):
             shareable = nodes[pos].shareable_free
             after = len(shareable) - bisect_left(shareable, mem_mb)
             before = usable[pos]
