@@ -141,9 +141,15 @@ class Controller:
         self.finished = collections.deque()
         self.next_id = next_id
         self.next_seq = next_seq
+        # A full scheduler pass is due when resources were freed or the queue changed other
+        # than by new submissions; new submissions alone need a pass over themselves and the
+        # head (whose reservation they must respect): the rest of the queue still cannot start.
         self.dirty = True
-        self.waiting = {}    # job id -> why it waits, from the last scheduler pass
-        self.positions = {}  # job id -> place in the queue (1 = next), from the last pass
+        self._new_jobs = []
+        self._head = None    # the job holding the backfill reservation after the last pass
+        self.waiting = {}    # job id -> why it waits, from the scheduler passes
+        self._positions = {}
+        self._positions_valid = False
         self._over_slice = set()  # running jobs past the time slice (checked on each pass)
         for job in sorted(jobs, key=lambda j: j.id):
             self._track(job)
@@ -177,7 +183,9 @@ class Controller:
         if new in JobState.FINAL:
             self.jobs.pop(job.id, None)
         self._track(job)
-        self.dirty = True
+        self._positions_valid = False
+        if new != JobState.RUNNING:  # a start is decided by a pass and frees nothing
+            self.dirty = True
         return Save(job, transition)
 
     def privileged(self, uid):
@@ -257,7 +265,8 @@ class Controller:
         self.next_id += 1
         self.next_seq += 1
         self._track(job)
-        self.dirty = True
+        self._new_jobs.append(job)
+        self._positions_valid = False
         what = "%s" % _plural(job.gpus, "GPU") if not job.gpu_ids else "GPUs " + ",".join(map(str, job.gpu_ids))
         if job.mem_mb:
             what += " x %d MB" % job.mem_mb
@@ -292,8 +301,7 @@ class Controller:
         include_finished = fields.get("all") or (wanted is not None and bool(wanted & JobState.FINAL))
         selected = list(self.running.values())
         selected.sort(key=lambda j: (j.start_time or 0, j.id))
-        positions = self.positions
-        pending = sorted(self.pending.values(), key=lambda j: (positions.get(j.id, 1 << 60), -j.priority, j.queue_seq))
+        pending = sorted(self.pending.values(), key=scheduler.queue_order_key)
         selected.extend(pending)
         if include_finished:
             selected.extend(self.jobs[i] for i in self.finished if i in self.jobs)
@@ -505,24 +513,42 @@ class Controller:
 
     def schedule(self, now):
         """One scheduler pass, if anything changed since the last one."""
-        if not self.dirty:
+        full = self.dirty
+        if full:
+            candidates = list(self.pending.values())
+        elif self._new_jobs:
+            candidates = [job for job in self._new_jobs if job.state == JobState.PENDING]
+            head = self.pending.get(self._head)
+            if head is not None:
+                candidates.append(head)
+        else:
             return []
         self.dirty = False
+        self._new_jobs = []
         nodes = list(self.nodes.values())
-        result = scheduler.schedule(list(self.pending.values()), nodes, list(self.running.values()),
-                                    now, self.settings.policy)
+        result = scheduler.schedule(candidates, nodes, list(self.running.values()), now, self.settings.policy)
+        self._head = result.head
         actions = []
         for job, allocation in result.starts:
             actions.append(self._start(job, allocation, now))
             actions.append(Launch(job))
             actions.append(Log("start job %d on %s GPUs %s" % (
                 job.id, allocation.node, ",".join(map(str, allocation.gpu_ids)) or "none")))
-        self.waiting = result.waiting
-        pending = self.pending
-        self.positions = {job_id: i for i, job_id in enumerate((j for j in result.order if j in pending), 1)}
+        if full:
+            self.waiting = result.waiting
+        else:
+            self.waiting.update(result.waiting)
         if self.settings.max_job_time and self.pending:
             actions.extend(self._switch_out(now, nodes))
         return actions
+
+    def positions(self):
+        """Job id -> place in the queue (1 = next to start), for pending jobs."""
+        if not self._positions_valid:
+            ordered = sorted(self.pending.values(), key=scheduler.queue_order_key)
+            self._positions = {job.id: i for i, job in enumerate(ordered, 1)}
+            self._positions_valid = True
+        return self._positions
 
     def _start(self, job, allocation, now):
         save = self._move(job, JobState.RUNNING, now, "", "scheduled")
@@ -561,7 +587,7 @@ class Controller:
             "name": job.name, "command": job.command, "exit_code": job.exit_code,
             "reason": reason, "restarts": job.restarts, "submit_time": job.submit_time,
             "start_time": job.start_time, "end_time": job.end_time, "time_limit": job.time_limit,
-            "position": self.positions.get(job.id) if job.state == JobState.PENDING else None,
+            "position": self.positions().get(job.id) if job.state == JobState.PENDING else None,
             "stopping": job.stop_cause is not None, "output": job.output, "error": job.error,
             "started": job.pgid is not None,
         }

@@ -38,8 +38,9 @@ OUTPUT_CHUNK = 65536
 _SHUTDOWN = {"kind": "shutdown"}
 
 
-def log(line):
-    sys.stderr.write("%s %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), line))
+def log(*lines):
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write("".join("%s %s\n" % (stamp, line) for line in lines))
     sys.stderr.flush()
 
 
@@ -188,6 +189,7 @@ class Master:
         if saves or envs or transitions:
             c = self.controller
             self.store.write(list(saves.values()), envs, transitions, c.next_id, c.next_seq)
+        lines = []
         for action in actions:
             kind = type(action)
             if kind is ctl.Reply:
@@ -202,7 +204,9 @@ class Master:
             elif kind is ctl.CheckJob:
                 self.links[action.node].check_job(action.job_id, action.attempt)
             elif kind is ctl.Log:
-                log(action.line)
+                lines.append(action.line)
+        if lines:
+            log(*lines)
         if self.watchers and actions:
             self._update_watchers()
 

@@ -14,7 +14,8 @@ from . import errors
 from .errors import MgpuError
 
 VERSION = 1
-MAX_FRAME = 1 << 20  # bytes, newline included
+MAX_FRAME = 1 << 20   # bytes, newline included: the most a daemon reads in one frame
+MAX_REPLY = 1 << 28   # the most a client reads in one frame (a queue of many jobs is large)
 
 _decoder = json.JSONDecoder()
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -23,9 +24,9 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 def encode(message):
     """One frame: the message as a JSON line."""
     data = (_encoder.encode(message) + "\n").encode("utf-8", "surrogateescape")
-    if len(data) > MAX_FRAME:
+    if len(data) > MAX_REPLY:
         raise MgpuError(errors.TOO_LARGE, "message of %d bytes is over the %d-byte limit"
-                        % (len(data), MAX_FRAME))
+                        % (len(data), MAX_REPLY))
     return data
 
 

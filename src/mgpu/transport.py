@@ -37,9 +37,10 @@ def peer_credentials(sock):
 class Connection:
     """A framed, size-limited, timed connection over a stream socket."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, max_frame=protocol.MAX_FRAME):
         self.sock = sock
-        self._buffer = b""
+        self.max_frame = max_frame
+        self._buffer = bytearray()
 
     def send(self, message):
         self.sock.sendall(protocol.encode(message))
@@ -55,24 +56,28 @@ class Connection:
 
     def read_line(self, timeout):
         self.sock.settimeout(timeout)
+        buffer = self._buffer
+        searched = 0
         while True:
-            end = self._buffer.find(b"\n")
+            end = buffer.find(b"\n", searched)
             if end >= 0:
-                line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
+                line = bytes(buffer[:end + 1])
+                del buffer[:end + 1]
                 return line
-            if len(self._buffer) >= protocol.MAX_FRAME:
-                raise MgpuError(errors.TOO_LARGE, "frame over the %d-byte limit" % protocol.MAX_FRAME)
+            searched = len(buffer)
+            if searched >= self.max_frame:
+                raise MgpuError(errors.TOO_LARGE, "frame over the %d-byte limit" % self.max_frame)
             try:
-                chunk = self.sock.recv(65536)
+                chunk = self.sock.recv(262144)
             except socket.timeout:
                 raise MgpuError(errors.TIMEOUT, "no message within %.0f s" % timeout) from None
             except (ConnectionResetError, BrokenPipeError):
                 chunk = b""
             if not chunk:
-                if self._buffer:
+                if buffer:
                     raise MgpuError(errors.BAD_REQUEST, "connection closed in the middle of a frame")
                 return None
-            self._buffer += chunk
+            buffer += chunk
 
     def peer_closed(self):
         """True when the peer has closed its end (checked without blocking or consuming)."""
@@ -97,6 +102,7 @@ class Connection:
 
 
 def connect_unix(path, timeout=CONNECT_TIMEOUT):
+    """A client's connection: it reads replies up to protocol.MAX_REPLY."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -104,7 +110,7 @@ def connect_unix(path, timeout=CONNECT_TIMEOUT):
     except OSError:
         sock.close()
         raise
-    return Connection(sock)
+    return Connection(sock, protocol.MAX_REPLY)
 
 
 def socket_in_use(path):
