@@ -17,8 +17,7 @@ import signal as _signal
 
 from . import errors, scheduler
 from .errors import MgpuError
-from .model import (Allocation, Gpu, Job, JobState, Node, ResourceRequest, Transition,
-                    format_duration)
+from .model import Gpu, Job, JobState, Node, ResourceRequest, Transition, format_duration
 
 SIGTERM = int(_signal.SIGTERM)
 SIGKILL = int(_signal.SIGKILL)
@@ -73,14 +72,6 @@ class SignalJob(Action):
 
 class Release(Action):
     """The end of this attempt is recorded: the node may forget it."""
-    __slots__ = ("node", "job_id", "attempt")
-
-    def __init__(self, node, job_id, attempt):
-        self.node, self.job_id, self.attempt = node, job_id, attempt
-
-
-class CheckJob(Action):
-    """Ask the node what became of this attempt (a supervisor said it ended)."""
     __slots__ = ("node", "job_id", "attempt")
 
     def __init__(self, node, job_id, attempt):
@@ -351,15 +342,6 @@ class Controller:
             raise MgpuError(errors.PERMISSION_DENIED, "permission denied: job %d belongs to %s" % (job.id, job.user))
         return [Reply(token, ok(self.job_row(job)))]
 
-    def _job_event(self, token, fields, peer, now):
-        if peer["uid"] not in (0, self.settings.owner_uid):
-            raise MgpuError(errors.PERMISSION_DENIED, "job events come from supervisors only")
-        job = self.running.get(fields["job_id"])
-        actions = [Reply(token, ok())]
-        if job is not None and job.attempt == fields["attempt"]:
-            actions.insert(0, CheckJob(job.node, job.id, job.attempt))
-        return actions
-
     # -- node events ------------------------------------------------------------------------
 
     def _on_node_up(self, event, now):
@@ -617,5 +599,4 @@ def _signal_name(signum):
         return str(signum)
 
 
-__all__ = ["Controller", "Settings", "Reply", "Save", "Launch", "SignalJob", "Release", "CheckJob",
-           "Log", "Allocation"]
+__all__ = ["Controller", "Settings", "Reply", "Save", "Launch", "SignalJob", "Release", "Log"]

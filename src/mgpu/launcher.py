@@ -8,8 +8,9 @@ helper. For each job the helper forks a supervisor, which leaves the daemon's se
 (`setsid`), becomes a child subreaper so no descendant of the job escapes it, and forks the job:
 own process group, `initgroups`/`setgid`/`setuid` (uid last), chdir, output opened after the
 drop, exec. The supervisor writes a record (its pid and start time, then the exit status) to the
-state directory and reports over the helper's event pipe, or over the daemon's socket when the
-daemon that started it is gone. A job therefore never depends on the daemon staying alive.
+state directory and reports over the helper's event pipe. When the daemon that started it is gone,
+the record waits on disk for the next daemon, which finds it when it re-adopts its jobs or
+notices the supervisor has exited. A job therefore never depends on the daemon staying alive.
 Forking from the helper costs about a millisecond, where starting a fresh interpreter per job
 would cost 20-150 ms.
 """
@@ -18,7 +19,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import threading
 import time
 
@@ -193,9 +193,8 @@ def _helper_main(command_fd, event_fd):
             try:
                 pid = os.fork()
             except OSError as e:
-                _emit(event_fd, None, {"event": "exited", "job_id": spec["job_id"],
-                                       "attempt": spec["attempt"], "exit_code": None,
-                                       "error": "cannot start a supervisor: %s" % e.strerror})
+                _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
+                                 "exit_code": None, "error": "cannot start a supervisor: %s" % e.strerror})
                 continue
             if pid == 0:
                 status = 1
@@ -209,28 +208,15 @@ def _helper_main(command_fd, event_fd):
                     os._exit(status)
 
 
-def _emit(event_fd, spec, event):
-    """Report to the daemon that started us; if it is gone, to whichever daemon now serves the
-    socket (it reads our record). Losing both is fine: the record stays on disk."""
+def _emit(event_fd, event):
+    """Report to the daemon that started us. If it is gone (EPIPE), the record on disk speaks
+    for us to the next one."""
     line = json.dumps(event, separators=(",", ":"))
     if len(line) > MAX_EVENT:
         event["error"] = (event.get("error") or "")[:200]
         line = json.dumps(event, separators=(",", ":"))
     try:
         os.write(event_fd, (line + "\n").encode())
-        return
-    except OSError:
-        pass
-    if spec is None or not spec.get("socket"):
-        return
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(5)
-        sock.connect(spec["socket"])
-        sock.sendall((json.dumps({"v": spec["protocol_version"], "type": "job_event",
-                                  "job_id": spec["job_id"], "attempt": spec["attempt"]}) + "\n").encode())
-        sock.recv(4096)
-        sock.close()
     except OSError:
         pass
 
@@ -263,7 +249,7 @@ def _supervise(spec, event_fd, libc):
               "sup_start": process_start_time(me), "pgid": job_pid}
     _write_record(spec["record"], record)
     if not failure:
-        _emit(event_fd, None, dict(record, event="started"))
+        _emit(event_fd, dict(record, event="started"))
     status = _wait_for(job_pid)
     _kill_leftovers(job_pid)
     if os.WIFSIGNALED(status):
@@ -273,7 +259,7 @@ def _supervise(spec, event_fd, libc):
     record.update(exit_code=exit_code, signal=signum, end_time=time.time(),
                   error=failure.decode("utf-8", "replace")[:300] or None)
     _write_record(spec["record"], record)
-    _emit(event_fd, spec, dict(record, event="exited"))
+    _emit(event_fd, dict(record, event="exited"))
 
 
 def _wait_for(job_pid):

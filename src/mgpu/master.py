@@ -70,7 +70,7 @@ class Master:
         self.single_user = uid != 0
         inventory, self.inventory_line = open_inventory(config.fake_gpus)
         # Forks the launcher helper: before any thread and before the database is opened.
-        self.agent = NodeAgent(config.node_name, inventory, config.state_dir, config.socket, self.events.put)
+        self.agent = NodeAgent(config.node_name, inventory, config.state_dir, self.events.put)
         self.links = {self.agent.name: LocalNodeLink(self.agent)}
         try:
             self.store = Store(config.state_dir)
@@ -201,8 +201,6 @@ class Master:
                 self.links[action.node].signal_job(action.job_id, action.attempt, action.signum)
             elif kind is ctl.Release:
                 self.links[action.node].release(action.job_id, action.attempt)
-            elif kind is ctl.CheckJob:
-                self.links[action.node].check_job(action.job_id, action.attempt)
             elif kind is ctl.Log:
                 lines.append(action.line)
         if lines:

@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 
-from . import bundle, launcher, protocol
+from . import bundle, launcher
 
 WATCH_INTERVAL = 2.0  # seconds between liveness checks of supervisors and GPU usage reads
 
@@ -29,14 +29,13 @@ class _Supervised:
 
 
 class NodeAgent:
-    def __init__(self, name, inventory, state_dir, socket_path, emit):
+    def __init__(self, name, inventory, state_dir, emit):
         # The launcher forks its helper: this must run before the daemon starts any thread.
         self.launcher = launcher.Launcher()
         self.name = name
         self.inventory = inventory
         self.records_dir = os.path.join(state_dir, "jobs")
         os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
-        self.socket_path = socket_path
         self.emit = emit
         self.drop_privileges = os.getuid() == 0
         self._supervised = {}
@@ -92,8 +91,7 @@ class NodeAgent:
             "user": user, "drop": self.drop_privileges, "umask": job.umask if job.umask is not None else 0o022,
             "cwd": job.cwd, "argv": list(job.command), "env": env, "env_setup": job.env_setup,
             "output": job.output, "error": job.error or job.output, "truncate": job.attempt <= 1,
-            "record": self.record_path(job.id, job.attempt), "socket": self.socket_path,
-            "protocol_version": protocol.VERSION,
+            "record": self.record_path(job.id, job.attempt),
         }
         with self._lock:
             self._supervised[job.id] = _Supervised(job.attempt)
@@ -156,18 +154,6 @@ class NodeAgent:
         launcher.signal_job(None, None, record.get("pgid"), 9)
         self.emit({"kind": "job_lost", "node": self.name, "job_id": job_id, "attempt": attempt,
                    "started": True, "reason": "its supervisor disappeared"})
-
-    def check_job(self, job_id, attempt):
-        """A supervisor says an attempt ended (over the socket): report what its record says."""
-        record = launcher.read_record(self.record_path(job_id, attempt))
-        if record is not None and "exit_code" in record:
-            with self._lock:
-                entry = self._supervised.get(job_id)
-                known = entry is not None and entry.attempt == attempt
-            if known:
-                with self._lock:
-                    self._supervised.pop(job_id, None)
-                self.emit(dict(record, kind="job_exited", node=self.name))
 
     # -- output -----------------------------------------------------------------------------
 

@@ -25,9 +25,6 @@ class NodeLink:
     def adopt(self, jobs):
         raise NotImplementedError
 
-    def check_job(self, job_id, attempt):
-        raise NotImplementedError
-
     def open_output(self, path, uid):
         raise NotImplementedError
 
@@ -53,9 +50,6 @@ class LocalNodeLink(NodeLink):
 
     def adopt(self, jobs):
         self.agent.adopt(jobs)
-
-    def check_job(self, job_id, attempt):
-        self.agent.check_job(job_id, attempt)
 
     def open_output(self, path, uid):
         return self.agent.open_output(path, uid)

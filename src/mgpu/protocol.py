@@ -90,7 +90,6 @@ REQUESTS = {
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
     "attach": {"job_id": (_INT, True)},
-    "job_event": {"job_id": (_INT, True), "attempt": (_INT, True)},
     "ping": {},
 }
 
