@@ -86,7 +86,7 @@ class Master:
             owner_uid=uid if self.single_user else None,
             owner_name=owner[0] if owner else None, keep_finished=config.keep_finished)
         self.controller = ctl.Controller(settings, finished + active, next_id, next_seq)
-        self.server = transport.UnixServer(config.socket, self._serve_connection, log)
+        self.server = transport.unix_server(config.socket, self._serve_connection, log)
         self.watchers = {}
         self.counts = (len(active), len(finished))
 

@@ -4,11 +4,9 @@ Owns: every socket of mgpu, the read timeout and size limit on each frame, and t
 server that hands each connection to a handler. Must not: know what messages mean.
 """
 
-import errno
 import os
 import select
 import socket
-import socketserver
 import stat
 import struct
 
@@ -122,50 +120,48 @@ def socket_in_use(path):
         return False
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        connection = Connection(self.request)
-        try:
-            peer = peer_credentials(self.request)
-            self.server.serve_connection(connection, peer)
-        except Exception as e:  # never let one connection take the server down
-            self.server.log_error_line("connection error: %s: %s" % (type(e).__name__, e))
-        finally:
-            connection.close()
-
-
-class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+def unix_server(path, serve_connection, log):
     """A threaded UNIX socket server any local user can connect to; authorisation is by the
-    peer's uid, read from the kernel, never by the socket's permissions."""
+    peer's uid, read from the kernel, never by the socket's permissions. `serve_connection(
+    connection, peer)` runs in a thread per connection. (socketserver and threading are
+    imported here, not at module level: client roles never pay for them.)"""
+    import socketserver
 
-    daemon_threads = True
-    request_queue_size = 512
-    allow_reuse_address = False
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            connection = Connection(self.request)
+            try:
+                self.server.serve_connection(connection, peer_credentials(self.request))
+            except Exception as e:  # never let one connection take the server down
+                self.server.log_error_line("connection error: %s: %s" % (type(e).__name__, e))
+            finally:
+                connection.close()
 
-    def __init__(self, path, serve_connection, log):
-        self.path = path
-        self.serve_connection = serve_connection
-        self.log_error_line = log
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, exist_ok=True)
-        if os.getuid() == 0 or os.stat(directory).st_uid == os.getuid():
-            # Other users must reach the socket to be told who may use this daemon.
-            mode = stat.S_IMODE(os.stat(directory).st_mode)
-            os.chmod(directory, mode | 0o111)
-        if os.path.exists(path) or os.path.islink(path):
-            if socket_in_use(path):
-                raise MgpuError(errors.UNAVAILABLE, "another daemon is already serving on %s" % path)
-            os.unlink(path)
-        super().__init__(path, _Handler)
-        os.chmod(path, 0o666)
+    class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+        request_queue_size = 512
 
-    def handle_error(self, request, client_address):
-        pass  # errors are handled and logged in _Handler
+        def handle_error(self, request, client_address):
+            pass  # handled and logged in Handler
 
-    def remove(self):
-        try:
-            if os.path.exists(self.path):
+        def remove(self):
+            try:
                 os.unlink(self.path)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise
+            except FileNotFoundError:
+                pass
+
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    if os.getuid() == 0 or os.stat(directory).st_uid == os.getuid():
+        # Other users must reach the socket to be told who may use this daemon.
+        os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o111)
+    if os.path.exists(path) or os.path.islink(path):
+        if socket_in_use(path):
+            raise MgpuError(errors.UNAVAILABLE, "another daemon is already serving on %s" % path)
+        os.unlink(path)
+    server = UnixServer(path, Handler)
+    server.path = path
+    server.serve_connection = serve_connection
+    server.log_error_line = log
+    os.chmod(path, 0o666)
+    return server
