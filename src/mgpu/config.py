@@ -163,7 +163,11 @@ def load(path=None, overrides=None, uid=None, environ=None):
     if path is not None:
         raw = dict(read_file(path))
         source = path
-        validate(raw, uid, source)  # name the file in errors about its own values
+        try:
+            validate(raw, uid, source)
+        except ConfigError as e:  # name the file in errors about its own values
+            message = e.message if e.message.startswith(path) else "%s: %s" % (path, e.message)
+            raise ConfigError(message) from None
     if environ.get("MGPU_SOCKET"):
         raw["socket"] = environ["MGPU_SOCKET"]
     for key, value in (overrides or {}).items():

@@ -120,6 +120,10 @@ def _write_record(path, record):
 # Daemon side
 
 
+class HelperGone(Exception):
+    pass
+
+
 class Launcher:
     """The daemon's handle on its helper process. Create it before starting any thread."""
 
@@ -147,7 +151,11 @@ class Launcher:
         with self._lock:
             view = memoryview(line)
             while view:
-                written = os.write(self._command_write, view)
+                try:
+                    written = os.write(self._command_write, view)
+                except BrokenPipeError:
+                    raise HelperGone("the job launcher helper (pid %d) has exited; restart the master "
+                                     "(running jobs carry on and are re-adopted)" % self.helper_pid) from None
                 view = view[written:]
 
     def events(self):

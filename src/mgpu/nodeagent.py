@@ -14,7 +14,8 @@ import stat
 import threading
 import time
 
-from . import bundle, launcher
+from . import bundle, errors, launcher
+from .errors import MgpuError
 
 WATCH_INTERVAL = 2.0  # seconds between liveness checks of supervisors and GPU usage reads
 
@@ -95,7 +96,11 @@ class NodeAgent:
         }
         with self._lock:
             self._supervised[job.id] = _Supervised(job.attempt)
-        self.launcher.launch(spec)
+        try:
+            self.launcher.launch(spec)
+        except launcher.HelperGone as e:
+            # No way to start jobs: stop, so the service manager restarts the daemon.
+            raise MgpuError(errors.INTERNAL, str(e)) from None
 
     def signal_job(self, job_id, attempt, signum):
         with self._lock:

@@ -115,7 +115,7 @@ def test_master_refuses_bad_config_and_a_second_master(cluster, installation, tm
                                                           str(tmp_path / "state"), "--fake-gpus", "1"],
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert result.stderr.strip() == "mgpu: policy must be one of fill_first, spread, not 'random'"
+    assert result.stderr.strip() == "mgpu: %s: policy must be one of fill_first, spread, not 'random'" % bad
     second = subprocess.run(installation.command(None) + ["master", "--socket", cluster.master.socket,
                                                           "--state-dir", str(tmp_path / "state2"),
                                                           "--fake-gpus", "1"],

@@ -1,0 +1,306 @@
+"""The architecture rules of DESIGN.md, checked on the source text (nothing is imported).
+
+- The pure core (model, scheduler, controller, auth) does no I/O, reads no clock and starts no
+  threads: neither it nor any mgpu module it imports (transitively) imports sockets, threads,
+  time, sqlite3, pynvml, processes or the OS layer. (`signal` is allowed: the core uses signal
+  numbers and names only.)
+- Layering: only store.py imports sqlite3; only transport.py (and launcher.py, for the
+  supervisor's fallback report to a daemon) imports socket/socketserver; only gpus.py imports
+  pynvml; only launcher.py spawns, changes uid or sends signals.
+"""
+
+import ast
+import functools
+import pathlib
+
+import pytest
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[2] / "src" / "mgpu"
+PACKAGE = "mgpu"
+
+PURE_CORE = ("model", "scheduler", "controller", "auth")
+REQUIRED_PURE = ("model", "scheduler", "controller")  # auth joins when it exists
+
+FORBIDDEN_IN_CORE = frozenset((
+    "socket", "socketserver", "threading", "_thread", "time", "sqlite3", "pynvml", "psutil",
+    "subprocess", "os", "select", "selectors", "asyncio", "ssl",
+    # Ways around the rule: a dynamic import, or the process-level modules behind os.
+    "importlib", "multiprocessing", "concurrent", "posix", "_socket", "_posixsubprocess",
+))
+
+# module imported -> files (relative to src/mgpu) that may import it
+IMPORT_OWNERS = {
+    "sqlite3": ("store.py",),
+    "socket": ("transport.py", "launcher.py"),
+    "socketserver": ("transport.py", "launcher.py"),
+    "pynvml": ("gpus.py",),
+    "subprocess": ("launcher.py",),  # "only launcher.py spawns"
+}
+
+# os functions that spawn, change identity or send signals -> only launcher.py calls them
+PROCESS_CALLS = frozenset((
+    "fork", "forkpty", "execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp",
+    "execvpe", "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid",
+    "setresgid", "setgroups", "initgroups", "kill", "killpg", "spawnl", "spawnle", "spawnlp",
+    "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp",
+    "system", "popen",
+))
+PROCESS_CALL_OWNERS = ("launcher.py",)
+
+
+# ---------------------------------------------------------------------------------------------
+# The checker (plain functions of a package directory, so they can be tested on a fake one)
+
+
+class ImportSite:
+    """One import in one file: the module it names, as absolute as we can make it."""
+
+    __slots__ = ("module", "line")
+
+    def __init__(self, module, line):
+        self.module, self.line = module, line
+
+    @property
+    def top(self):
+        return self.module.split(".")[0]
+
+
+def module_name(package_dir, path, package=PACKAGE):
+    """`mgpu.cli.srun` for src/mgpu/cli/srun.py, `mgpu.cli` for src/mgpu/cli/__init__.py."""
+    parts = list(path.relative_to(package_dir).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([package] + parts)
+
+
+def module_file(package_dir, module, package=PACKAGE):
+    """The file of an mgpu module, or None when `module` is not (a module of) the package."""
+    parts = module.split(".")
+    if parts[0] != package:
+        return None
+    base = package_dir.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py") if parts[1:] else None, base / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _resolve_relative(current_module, is_package, level, name):
+    base = current_module.split(".")
+    if not is_package:
+        base = base[:-1]
+    if level > 1:
+        base = base[:-(level - 1)]
+    return ".".join(base + ([name] if name else []))
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(path):
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def imports_of(package_dir, path, package=PACKAGE):
+    """Every module `path` imports anywhere (top level or inside functions), absolute names.
+
+    `from . import x` names the submodule `mgpu.x` when it is one, else the package itself;
+    `__import__("x")` and `importlib.import_module("x")` with a constant name count too.
+    """
+    tree = _parse(path)
+    current = module_name(package_dir, path, package)
+    is_package = path.name == "__init__.py"
+    sites = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            sites.extend(ImportSite(alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _resolve_relative(current, is_package, node.level, node.module)
+            else:
+                base = node.module
+            sites.append(ImportSite(base, node.lineno))
+            for alias in node.names:
+                sub = base + "." + alias.name
+                if alias.name != "*" and module_file(package_dir, sub, package) is not None:
+                    sites.append(ImportSite(sub, node.lineno))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            dynamic = (isinstance(func, ast.Name) and func.id == "__import__") or (
+                isinstance(func, ast.Attribute) and func.attr == "import_module")
+            if dynamic:
+                sites.append(ImportSite(node.args[0].value, node.lineno))
+    return tuple(sites)
+
+
+def forbidden_chains(package_dir, roots, forbidden, package=PACKAGE):
+    """For each forbidden import reachable from the `roots` modules through mgpu imports: the
+    chain of files and lines that leads to it, as one readable line."""
+    found = []
+    seen = set()
+    stack = []
+    for root in roots:
+        stack.append((module_file(package_dir, package + "." + root, package), []))
+    # Importing mgpu.x runs mgpu/__init__.py first: it is part of every chain.
+    init = package_dir / "__init__.py"
+    if init.is_file():
+        stack.append((init, ["(importing %s runs __init__.py)" % package]))
+    while stack:
+        path, chain = stack.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for site in imports_of(package_dir, path, package):
+            step = "%s:%d imports %s" % (path.relative_to(package_dir), site.line, site.module)
+            target = module_file(package_dir, site.module, package)
+            if target is not None:
+                if target not in seen:
+                    stack.append((target, chain + [step]))
+            elif site.top in forbidden:
+                found.append(" -> ".join(chain + [step]))
+    return sorted(found)
+
+
+def _os_aliases(tree):
+    """Names bound to the os module, and names bound to os functions, in one file."""
+    modules, functions = set(), {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in ("os", "posix"):
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module in ("os", "posix") and not node.level:
+            for alias in node.names:
+                functions[alias.asname or alias.name] = alias.name
+    return modules, functions
+
+
+def process_calls(path):
+    """(line, 'os.name') for every call of an os function in PROCESS_CALLS in one file."""
+    tree = _parse(path)
+    modules, functions = _os_aliases(tree)
+    calls = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+                and func.value.id in modules and func.attr in PROCESS_CALLS:
+            calls.append((node.lineno, "os." + func.attr))
+        elif isinstance(func, ast.Name) and functions.get(func.id) in PROCESS_CALLS:
+            calls.append((node.lineno, "os." + functions[func.id]))
+    return calls
+
+
+def source_files(package_dir=PACKAGE_DIR):
+    return sorted(p for p in package_dir.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules on the real package
+
+
+def test_the_package_and_the_pure_core_are_where_the_rules_expect_them():
+    assert PACKAGE_DIR.is_dir(), "src/mgpu not found at %s" % PACKAGE_DIR
+    for name in REQUIRED_PURE:
+        assert (PACKAGE_DIR / (name + ".py")).is_file(), (
+            "pure-core rule: %s.py is missing; update PURE_CORE in this test if it moved" % name)
+
+
+@pytest.mark.parametrize("core_module", PURE_CORE)
+def test_pure_core_imports_no_io_clock_or_threads(core_module):
+    if not (PACKAGE_DIR / (core_module + ".py")).is_file():
+        pytest.skip("%s.py does not exist yet" % core_module)
+    chains = forbidden_chains(PACKAGE_DIR, [core_module], FORBIDDEN_IN_CORE)
+    assert not chains, (
+        "pure-core rule (DESIGN.md: the pure core does no I/O, reads no clock, starts no threads) "
+        "broken by %s.py:\n  " % core_module + "\n  ".join(chains))
+
+
+def test_pure_core_may_use_signal_numbers():
+    # signal is allowed (names and numbers only); the checker must not count it.
+    assert "signal" not in FORBIDDEN_IN_CORE
+    assert any(site.top == "signal" for site in imports_of(PACKAGE_DIR, PACKAGE_DIR / "controller.py"))
+
+
+@pytest.mark.parametrize("module", sorted(IMPORT_OWNERS))
+def test_only_the_owner_imports(module):
+    owners = IMPORT_OWNERS[module]
+    offenders = []
+    for path in source_files():
+        relative = str(path.relative_to(PACKAGE_DIR))
+        if relative in owners:
+            continue
+        for site in imports_of(PACKAGE_DIR, path):
+            if site.top == module:
+                offenders.append("%s:%d imports %s" % (relative, site.line, site.module))
+    assert not offenders, "layering rule: only %s may import %s, but\n  %s" % (
+        " and ".join(owners), module, "\n  ".join(offenders))
+
+
+def test_only_launcher_spawns_changes_uid_or_sends_signals():
+    offenders = []
+    for path in source_files():
+        relative = str(path.relative_to(PACKAGE_DIR))
+        if relative in PROCESS_CALL_OWNERS:
+            continue
+        offenders.extend("%s:%d calls %s" % (relative, line, name) for line, name in process_calls(path))
+    assert not offenders, ("layering rule: only launcher.py spawns, changes uid or sends signals, but\n  "
+                           + "\n  ".join(offenders))
+
+
+def test_launcher_is_where_the_process_calls_are():
+    # Guards the checker itself: if it found nothing in launcher.py it would be blind.
+    names = {name for _, name in process_calls(PACKAGE_DIR / "launcher.py")}
+    assert {"os.fork", "os.setuid", "os.killpg"} <= names
+
+
+# ---------------------------------------------------------------------------------------------
+# The checker on a fake package: it must see through relative imports, function-level imports
+# and aliases, and name the chain.
+
+
+def _fake_package(tmp_path, files):
+    root = tmp_path / "src" / "mgpu"
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_checker_follows_relative_imports_transitively_and_names_the_chain(tmp_path):
+    root = _fake_package(tmp_path, {
+        "__init__.py": "",
+        "model.py": "import re\nimport signal\n",
+        "helpers.py": "from .model import X\n\ndef later():\n    import time\n",
+        "controller.py": "from . import helpers\nfrom .model import Y\n",
+    })
+    chains = forbidden_chains(root, ["controller"], FORBIDDEN_IN_CORE)
+    assert chains == ["controller.py:1 imports mgpu.helpers -> helpers.py:4 imports time"]
+    assert forbidden_chains(root, ["model"], FORBIDDEN_IN_CORE) == []
+
+
+def test_checker_sees_the_package_init_dotted_modules_and_dynamic_imports(tmp_path):
+    root = _fake_package(tmp_path, {
+        "__init__.py": "import threading\n",
+        "model.py": "import os.path\n",
+        "sub/__init__.py": "",
+        "sub/deep.py": "from ..model import Z\nimport importlib\nm = importlib.import_module('sqlite3')\n",
+        "scheduler.py": "from .sub import deep\nx = __import__('socket')\n",
+    })
+    chains = forbidden_chains(root, ["scheduler"], FORBIDDEN_IN_CORE)
+    text = "\n".join(chains)
+    assert "__init__.py:1 imports threading" in text
+    assert "model.py:1 imports os.path" in text
+    assert "sub/deep.py:3 imports sqlite3" in text
+    assert "sub/deep.py:2 imports importlib" in text
+    assert "scheduler.py:2 imports socket" in text
+
+
+def test_checker_finds_process_calls_through_aliases(tmp_path):
+    root = _fake_package(tmp_path, {
+        "bad.py": ("import os as o\nfrom os import killpg as kp, getpid\n"
+                   "def f():\n    o.fork()\n    kp(1, 9)\n    getpid()\n    o.execvpe('x', [], {})\n"),
+    })
+    assert sorted(process_calls(root / "bad.py")) == [(4, "os.fork"), (5, "os.killpg"), (7, "os.execvpe")]
