@@ -28,24 +28,27 @@ _CHILD_SIGNALS = ("SIGPIPE", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGCHLD"
 MAX_EVENT = 3800  # below PIPE_BUF: one write of an event line is atomic
 
 
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (which may hold spaces or
+    parentheses), or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()
+
+
 def process_start_time(pid):
     """The start time of `pid` in clock ticks since boot (identifies a process across pid
     reuse), or None when there is no such process."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as stat_file:
-            stat = stat_file.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def _parent_of(pid):
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as stat_file:
-            stat = stat_file.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2:].split()[1])
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
 
 
 def children(pid):
