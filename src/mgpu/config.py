@@ -48,6 +48,9 @@ class Config:
     def __setattr__(self, name, value):
         raise AttributeError("Config is frozen")
 
+    def __delattr__(self, name):
+        raise AttributeError("Config is frozen")
+
     def as_dict(self):
         return {name: getattr(self, name) for name in OPTIONS}
 

@@ -17,7 +17,8 @@ import signal as _signal
 
 from . import errors, scheduler
 from .errors import MgpuError
-from .model import Gpu, Job, JobState, Node, ResourceRequest, Transition, format_duration
+from .model import (DEFAULT_WARN_SECONDS, Gpu, Job, JobState, Node, ResourceRequest, Transition,
+                    format_duration)
 
 SIGTERM = int(_signal.SIGTERM)
 SIGKILL = int(_signal.SIGKILL)
@@ -232,6 +233,9 @@ class Controller:
             raise MgpuError(errors.UNSATISFIABLE, "cannot ever run: " + why)
         time_limit = fields.get("time_limit")
         warn_signal = fields.get("warn_signal")
+        warn_seconds = fields.get("warn_seconds")
+        if warn_signal is not None and warn_seconds is None:
+            warn_seconds = DEFAULT_WARN_SECONDS
         if warn_signal is not None and not time_limit:
             raise MgpuError(errors.INVALID_ARGUMENT, "--signal warns before the time limit: give --time-limit too")
         job_id = self.next_id
@@ -250,7 +254,7 @@ class Controller:
                   env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,
                   mem_mb=request.mem_mb, time_limit=time_limit, priority=priority,
                   requeue=bool(fields.get("requeue")), warn_signal=warn_signal,
-                  warn_seconds=fields.get("warn_seconds"), submit_time=now,
+                  warn_seconds=warn_seconds, submit_time=now,
                   queue_seq=self.next_seq, state=JobState.PENDING, reason="submitted",
                   umask=fields.get("umask"))
         self.next_id += 1
@@ -414,7 +418,11 @@ class Controller:
         if job.stop_cause == "cancel":
             save = self._move(job, JobState.CANCELLED, now, job.reason or "cancelled", "lost while cancelling")
             line = "end job %d CANCELLED (%s)" % (job.id, event.get("reason"))
-        elif not event.get("started") or job.requeue:
+        elif job.stop_cause == "timeout" and not job.requeue:
+            save = self._move(job, JobState.TIMEOUT, now, "reached its time limit of %s"
+                              % format_duration(job.time_limit), "lost while stopping")
+            line = "end job %d TIMEOUT (%s)" % (job.id, event.get("reason"))
+        elif not event.get("started") or job.requeue or job.stop_cause == "slice":
             save = self._move(job, JobState.PENDING, now, "requeued: %s" % event.get("reason"), "lost")
             if event.get("started"):
                 job.restarts += 1

@@ -34,8 +34,9 @@ def decode(line):
     """The JSON object in one frame; MgpuError(BAD_REQUEST) for anything else."""
     try:
         message = _decoder.decode(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise MgpuError(errors.BAD_REQUEST, "malformed frame: %s" % e) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MgpuError(errors.BAD_REQUEST, "malformed frame: %s" % type(e).__name__
+                        if isinstance(e, RecursionError) else "malformed frame: %s" % e) from None
     if not isinstance(message, dict):
         raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
     return message
@@ -129,6 +130,8 @@ def _check_submit(fields):
         raise MgpuError(errors.BAD_REQUEST, "submit: command must be a non-empty list of strings")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in fields["env"].items()):
         raise MgpuError(errors.BAD_REQUEST, "submit: env must map strings to strings")
+    if any("\0" in k or "\0" in v for k, v in fields["env"].items()):
+        raise MgpuError(errors.BAD_REQUEST, "submit: env contains a NUL byte")
     ids = fields.get("gpu_ids")
     if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise MgpuError(errors.BAD_REQUEST, "submit: gpu_ids must be GPU indices")

@@ -36,8 +36,12 @@ class StoreError(Exception):
 class Store:
     def __init__(self, state_dir):
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        os.chmod(state_dir, 0o700)  # job records and users' environments live here
         self.path = os.path.join(state_dir, "mgpu.db")
         try:
+            # Created private first: SQLite gives its -wal and -shm files the database's mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing
@@ -50,7 +54,6 @@ class Store:
                                  % (self.path, version, SCHEMA_VERSION))
         except sqlite3.DatabaseError as e:
             raise StoreError("cannot open the state database %s: %s" % (self.path, e)) from None
-        os.chmod(self.path, 0o600)
 
     def _meta(self, key):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -9,6 +9,7 @@ import select
 import socket
 import stat
 import struct
+import time
 
 from . import errors, protocol
 from .errors import MgpuError
@@ -53,18 +54,26 @@ class Connection:
         return None if line is None else protocol.decode(line)
 
     def read_line(self, timeout):
-        self.sock.settimeout(timeout)
+        """One frame; `timeout` bounds the whole frame, not each piece of it (a peer trickling
+        a byte at a time must not hold a thread)."""
+        deadline = time.monotonic() + timeout
         buffer = self._buffer
         searched = 0
         while True:
             end = buffer.find(b"\n", searched)
             if end >= 0:
+                if end + 1 > self.max_frame:
+                    raise MgpuError(errors.TOO_LARGE, "frame over the %d-byte limit" % self.max_frame)
                 line = bytes(buffer[:end + 1])
                 del buffer[:end + 1]
                 return line
             searched = len(buffer)
             if searched >= self.max_frame:
                 raise MgpuError(errors.TOO_LARGE, "frame over the %d-byte limit" % self.max_frame)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MgpuError(errors.TIMEOUT, "no message within %.0f s" % timeout)
+            self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(262144)
             except socket.timeout:

@@ -580,9 +580,6 @@ def test_a_requeued_job_is_warned_again_on_its_next_attempt():
     assert c.advance(T0 + 171)[0] == SignalJob("n1", job_id, 2, SIGUSR1)
 
 
-@pytest.mark.xfail(strict=True, reason="controller.py: warn_signal without warn_seconds warns 0 s before "
-                   "the limit, i.e. never (the stop comes first); should default to "
-                   "model.DEFAULT_WARN_SECONDS like --signal does")
 def test_a_warning_signal_without_seconds_uses_the_default_lead_time():
     from mgpu.model import DEFAULT_WARN_SECONDS
     c = make()
@@ -719,7 +716,8 @@ def test_a_job_past_the_time_slice_is_requeued_while_another_waits_for_its_gpus(
     assert (job.state, job.restarts) == (PENDING, 1)
     assert job.queue_seq > seq and job.queue_seq > c.jobs[second].queue_seq
     assert "time slice" in job.reason
-    assert c.schedule(T0 + 11) == [Saved(second, RUNNING, ANY), Launch(c.jobs[second]), Logged("start job %d" % second)]
+    assert c.schedule(T0 + 11) == [Saved(second, RUNNING, ANY), Launch(c.jobs[second]),
+                                   Logged("start job %d" % second)]
 
 
 def test_a_job_past_the_time_slice_is_left_alone_when_nothing_waits():
@@ -947,7 +945,8 @@ def test_a_rebuilt_controller_keeps_queue_order_ids_and_running_attempts():
     rebuilt = Controller(Settings(), jobs=[_as_stored(j) for j in c.jobs.values()],
                          next_id=c.next_id, next_seq=c.next_seq)
     assert rebuilt.handle(node_up("n1", 1), T0 + 10) == [Logged("node n1 up")]
-    assert [r["id"] for r in queue(rebuilt, now=T0 + 10)["jobs"]] == order_before == [first, waiting[1], waiting[0]]
+    assert order_before == [first, waiting[1], waiting[0]]
+    assert [r["id"] for r in queue(rebuilt, now=T0 + 10)["jobs"]] == order_before
     assert rows_by_id(rebuilt)[done]["state"] == CANCELLED
     assert rebuilt.schedule(T0 + 10) == []  # the GPU is still held by the running job
     assert submitted(rebuilt, now=T0 + 11) == 5
