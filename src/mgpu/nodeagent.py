@@ -10,6 +10,7 @@ Events go to the master through `emit(dict)`; each names its kind, node, job and
 
 import os
 import pwd
+import queue
 import stat
 import threading
 import time
@@ -43,12 +44,14 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._usage = {}
+        self._obsolete_records = queue.SimpleQueue()
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self):
         threading.Thread(target=self._read_events, name="supervisor-events", daemon=True).start()
         threading.Thread(target=self._watch, name="node-watch", daemon=True).start()
+        threading.Thread(target=self._delete_records, name="record-cleaner", daemon=True).start()
 
     def stop(self):
         self._stopping.set()
@@ -114,16 +117,14 @@ class NodeAgent:
         launcher.signal_job(*target, signum)
 
     def release(self, job_id, attempt):
-        """The master has recorded the end of this attempt: forget it."""
+        """The master has recorded the end of this attempt: forget it. (The record is deleted
+        by a thread of its own: an unlink can take a millisecond, and the master's loop must
+        not wait for it.)"""
         with self._lock:
             entry = self._supervised.get(job_id)
             if entry is not None and entry.attempt == attempt:
                 del self._supervised[job_id]
-        for suffix in ("", ".tmp"):
-            try:
-                os.unlink(self.record_path(job_id, attempt) + suffix)
-            except OSError:
-                pass
+        self._obsolete_records.put(self.record_path(job_id, attempt))
 
     def adopt(self, jobs):
         """After a restart: take over the jobs the store says run here. Each is still running
@@ -199,6 +200,14 @@ class NodeAgent:
             event["kind"] = "job_started" if kind == "started" else "job_exited"
             event["node"] = self.name
             self.emit(event)
+
+    def _delete_records(self):
+        while True:
+            path = self._obsolete_records.get()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def _watch(self):
         while not self._stopping.wait(WATCH_INTERVAL):
