@@ -1,0 +1,128 @@
+# mgpu: build, test, benchmark and install the one-file `mgpu` executable.
+# `make` alone lists the targets.
+
+PYTHON ?= python3
+# The interpreter the build venv is made from; its libpython goes into the binary.
+BUILD_PYTHON ?= python3
+PYTEST_ARGS ?=
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR := $(DESTDIR)$(PREFIX)/bin
+CONFDIR := $(DESTDIR)/etc/mgpu
+UNITDIR := $(DESTDIR)/etc/systemd/system
+
+BUILD_VENV := .venv-build
+BUILD_STAMP := $(BUILD_VENV)/.requirements-installed
+SPEC := build-config/mgpu.spec
+# Everything the binary is made of: a change to any of these rebuilds it. Folders are listed too
+# so that adding or removing a module also triggers a rebuild.
+BUILD_INPUTS := $(SPEC) $(shell find src build-config/hooks -name __pycache__ -prune -o \( -name '*.py' -o -name '*.dat' -o -type d \) -print 2>/dev/null)
+UNITS := mgpu-master.service mgpu-node.service
+
+.DEFAULT_GOAL := help
+.PHONY: help test test-e2e bench build install uninstall clean
+
+help:
+	@echo "mgpu make targets:"
+	@echo "  make test        all tests (unit and e2e) from source; PYTEST_ARGS='-k name -x' passes options"
+	@echo "  make test-e2e    only the end-to-end tests (real daemons in temporary directories)"
+	@echo "  make bench       every bench/bench_*.py in turn; prints figures (exit 1 if a script failed)"
+	@echo "  make build       the one-file executable dist/mgpu (own venv $(BUILD_VENV), pinned requirements.txt)"
+	@echo "  make install     as root: $(PREFIX)/bin/mgpu, /etc/mgpu/mgpu.yaml (if none), systemd units"
+	@echo "  make uninstall   as root: remove the binary and the units (keeps /etc/mgpu and /var/lib/mgpu)"
+	@echo "  make clean       remove build/, dist/, $(BUILD_VENV) and caches"
+	@echo "variables: PYTHON=$(PYTHON) BUILD_PYTHON=$(BUILD_PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
+
+test:
+	PYTHONPATH=src $(PYTHON) -m pytest -q test $(PYTEST_ARGS)
+
+test-e2e:
+	PYTHONPATH=src $(PYTHON) -m pytest -q test/e2e $(PYTEST_ARGS)
+
+# Each script runs even when an earlier one failed; the target fails at the end if any did.
+bench:
+	@failed=""; \
+	for script in $$(ls bench/bench_*.py | LC_ALL=C sort); do \
+		echo "== $$script"; \
+		PYTHONPATH=src $(PYTHON) $$script || failed="$$failed $$script"; \
+		echo; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make bench: failed:$$failed" >&2; exit 1; fi
+
+# --- build -------------------------------------------------------------------------------------
+
+build: dist/mgpu
+
+# The build venv is (re)filled only when requirements.txt is newer than the stamp.
+$(BUILD_STAMP): requirements.txt
+	@command -v $(BUILD_PYTHON) >/dev/null || { echo "make build: $(BUILD_PYTHON) not found (set BUILD_PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	@test -x $(BUILD_VENV)/bin/python || $(BUILD_PYTHON) -m venv $(BUILD_VENV) || { \
+		echo "make build: '$(BUILD_PYTHON) -m venv' failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+	$(BUILD_VENV)/bin/python -m pip install --disable-pip-version-check --quiet -r requirements.txt
+	touch $@
+
+dist/mgpu: $(BUILD_STAMP) $(BUILD_INPUTS)
+	@for tool in strip objdump ldd; do command -v $$tool >/dev/null || { \
+		echo "make build: PyInstaller needs '$$tool' (on Debian: apt-get install binutils)" >&2; exit 1; }; done
+	$(BUILD_VENV)/bin/python -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build $(SPEC)
+	@dist/mgpu --version >/dev/null || { echo "make build: dist/mgpu does not start" >&2; exit 1; }
+	@echo "built dist/mgpu ($$(du -m dist/mgpu | cut -f1) MB): $$(dist/mgpu --version)"
+
+# --- install (as root) -------------------------------------------------------------------------
+
+# The binary is copied under a temporary name and renamed into place, so a command starting at
+# that moment sees the old file or the new one, never half of one. A running daemon is restarted
+# at once: a one-file binary reads its Python modules from its own file, by path, so a daemon
+# left running on a replaced file fails its next first-time import (see build-config/mgpu.spec).
+install:
+	@test -x dist/mgpu || { echo "make install: dist/mgpu is missing: run 'make build' first" >&2; exit 1; }
+	@if [ -n "$$(find src build-config -newer dist/mgpu -name '*.py' -print -quit)" ]; then \
+		echo "make install: warning: dist/mgpu is older than src/: run 'make build' to include the changes" >&2; fi
+	install -d -m 0755 $(BINDIR)
+	install -m 0755 dist/mgpu $(BINDIR)/.mgpu.new
+	mv -f $(BINDIR)/.mgpu.new $(BINDIR)/mgpu
+	install -d -m 0755 $(CONFDIR)
+	@if [ -e $(CONFDIR)/mgpu.yaml ]; then \
+		install -m 0644 build-config/mgpu.yaml $(CONFDIR)/mgpu.yaml.example; \
+		echo "kept the existing $(CONFDIR)/mgpu.yaml; the new example is $(CONFDIR)/mgpu.yaml.example"; \
+	else \
+		install -m 0644 build-config/mgpu.yaml $(CONFDIR)/mgpu.yaml; \
+		echo "installed $(CONFDIR)/mgpu.yaml (every option commented out: edit to taste)"; \
+	fi
+	install -d -m 0755 $(UNITDIR)
+	@for unit in $(UNITS); do \
+		sed 's|/usr/local/bin/mgpu|$(PREFIX)/bin/mgpu|g' build-config/$$unit > $(UNITDIR)/.$$unit.new && \
+		chmod 0644 $(UNITDIR)/.$$unit.new && mv -f $(UNITDIR)/.$$unit.new $(UNITDIR)/$$unit && \
+		echo "installed $(UNITDIR)/$$unit"; \
+	done
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload && echo "systemctl daemon-reload: done"; \
+		for unit in $(UNITS); do \
+			if systemctl is-active --quiet $$unit; then \
+				systemctl try-restart $$unit && echo "restarted $$unit on the new binary (running jobs carry on)"; \
+			fi; \
+		done; \
+	fi
+	@echo "installed $(BINDIR)/mgpu: $$($(BINDIR)/mgpu --version)"
+	@echo "next steps:"
+	@echo "  systemctl enable --now mgpu-master      start the scheduler now and at boot"
+	@echo "  mgpu queue                              as any user: jobs and GPUs"
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+		for unit in $(UNITS); do \
+			if systemctl is-enabled --quiet $$unit 2>/dev/null || systemctl is-active --quiet $$unit; then \
+				echo "systemctl disable --now $$unit (its running jobs carry on)"; \
+				systemctl disable --now $$unit; \
+			fi; \
+		done; \
+	fi
+	rm -f $(BINDIR)/mgpu $(addprefix $(UNITDIR)/,$(UNITS))
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+		systemctl daemon-reload; fi
+	@echo "removed $(BINDIR)/mgpu and the systemd units; kept /etc/mgpu (config) and /var/lib/mgpu (state and job records): remove them by hand if you want them gone"
+
+clean:
+	rm -rf build dist $(BUILD_VENV) .pytest_cache
+	find src test bench -name __pycache__ -type d -prune -exec rm -rf {} +
