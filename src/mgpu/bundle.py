@@ -35,3 +35,38 @@ def scrub(env):
 
 def clean_environ():
     return scrub(os.environ)
+
+
+# Modules a daemon or its forked supervisors may import late (error paths, locale and host-name
+# handling). A one-file binary imports from its own file, reopened by path, and from a folder
+# it unpacks and deletes on exit: after an upgrade replaced the file, or after the daemon exited
+# under a still-running supervisor, a first import would fail. Import them up front instead.
+DAEMON_PRELOAD = ("traceback", "linecache", "tokenize", "_strptime", "encodings.idna", "stringprep",
+                  "unicodedata")
+PR_SET_PDEATHSIG = 1
+
+
+def prepare_daemon():
+    """For a daemon started from the one-file binary: preload late imports, and die with the
+    bootloader process. The binary runs as two processes, and a SIGKILL (by an admin, or by a
+    service manager at its stop timeout) reaches only the bootloader, whose pid is the one
+    shown; without this its Python child would go on serving as an orphan."""
+    if not FROZEN:
+        return
+    import importlib
+    import signal
+
+    for name in DAEMON_PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    bootloader = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != bootloader:  # the bootloader died before prctl took effect
+        os._exit(1)

@@ -35,8 +35,10 @@ def build_parser():
 
 def main(argv):
     args = build_parser().parse_args(argv)
-    from mgpu import config
+    from mgpu import bundle, config
     from mgpu.master import Master
+
+    bundle.prepare_daemon()  # before the launcher helper is forked
 
     overrides = {"socket": args.socket, "state_dir": args.state_dir, "fake_gpus": args.fake_gpus,
                  "max_job_time": args.max_job_time, "kill_grace": args.kill_grace, "policy": args.policy,
