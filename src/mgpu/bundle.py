@@ -63,6 +63,12 @@ def prepare_daemon():
             pass
     bootloader = os.getppid()
     try:
+        ours = os.readlink("/proc/%d/exe" % bootloader) == os.readlink("/proc/self/exe")
+    except OSError:
+        ours = False
+    if not ours:
+        return  # not started by a one-file bootloader of ours: never tie our life to a parent
+    try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)

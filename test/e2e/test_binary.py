@@ -51,7 +51,8 @@ def test_master_from_the_binary_dies_with_its_visible_pid(make_cluster):
     cluster = make_cluster()
     bootloader = cluster.master.process.pid
     children = subprocess.run(["pgrep", "-P", str(bootloader)], capture_output=True, text=True).stdout.split()
-    assert children, "a one-file binary runs as bootloader + interpreter"
+    # The interpreter under a one-file bootloader, or the launcher helper under the master.
+    assert children
     cluster.master.kill()
     for pid in children:
         subprocess.run(["sh", "-c", "while kill -0 %s 2>/dev/null; do sleep 0.05; done" % pid], timeout=10)
