@@ -1,6 +1,5 @@
 """Who gets GPUs when: queueing, priority, backfill, memory sharing, placement policy."""
 
-from harness import wait_for
 
 ALICE, BOB = "mgpu-alice", "mgpu-bob"
 

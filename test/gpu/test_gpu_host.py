@@ -1,7 +1,6 @@
 """On a host with NVIDIA GPUs: the NVML inventory, memory-aware allocation beside processes
 outside mgpu, and real CUDA jobs. Skipped where there is no GPU (CI has none)."""
 
-import json
 import os
 import shutil
 import subprocess

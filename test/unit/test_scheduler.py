@@ -11,7 +11,7 @@ import pytest
 
 from mgpu import scheduler
 from mgpu.model import Allocation, Gpu, Job, JobState, Node, NodeState, ResourceRequest
-from mgpu.scheduler import (FILL_FIRST, SPREAD, queue_order_key, schedule, time_slice_victims,
+from mgpu.scheduler import (SPREAD, queue_order_key, schedule, time_slice_victims,
                             unsatisfiable_reason)
 
 NOW = 10_000.0

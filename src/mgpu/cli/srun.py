@@ -51,10 +51,6 @@ def build_parser():
     return p
 
 
-def _usage_error(parser, message):
-    parser.error(message)
-
-
 def parse_mem(text):
     text = text.strip().upper()
     factor = 1
@@ -72,7 +68,7 @@ def build_request(args, parser):
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        _usage_error(parser, "no command given: mgpu srun [options] -- COMMAND [ARGS...]")
+        parser.error("no command given: mgpu srun [options] -- COMMAND [ARGS...]")
     fields = {"command": command, "requeue": args.requeue, "interactive": args.interactive}
     try:
         if args.gpu_ids is not None:
