@@ -38,7 +38,7 @@ def build_parser():
     p.add_argument("--signal", nargs="?", const="", metavar="[SIG][@SECONDS]",
                    help="send SIG this long before the time limit so the job can checkpoint (default USR1@60)")
     p.add_argument("--requeue", action="store_true", help="on reaching the time limit, go back to the end of the queue")
-    p.add_argument("--priority", "-p", type=int, metavar="P", help="higher runs first (0 to the site maximum, default 100; default 0)")
+    p.add_argument("--priority", "-p", type=int, metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
     p.add_argument("--name", "-J", metavar="NAME", help="job name shown by 'mgpu queue'")
     p.add_argument("--chdir", "-D", metavar="DIR", help="working directory (default: the current one)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file; %%j is the job id (default ~/.mgpu/logs/%%j.out)")
