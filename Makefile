@@ -1,4 +1,5 @@
-# mgpu: build, test, benchmark and install the one-file `mgpu` executable.
+# mgpu: build, test, benchmark and install the one-file `mgpu` executable (a self-extracting
+# PyInstaller one-dir build: see build-config/launcher.sh).
 # `make` alone lists the targets.
 
 PYTHON ?= python3
@@ -15,9 +16,15 @@ UNITDIR := $(DESTDIR)/etc/systemd/system
 BUILD_VENV := .venv-build
 BUILD_STAMP := $(BUILD_VENV)/.requirements-installed
 SPEC := build-config/mgpu.spec
+LAUNCHER := build-config/launcher.sh
+ASSEMBLE := build-config/assemble.py
+# PyInstaller's one-dir build (exe `mgpu` + `_internal/`), packed into dist/mgpu.
+ONEDIR := build/onedir/mgpu
+# Where root's runs of the binary unpack it (one directory per build, never deleted by mgpu).
+ROOT_CACHE := /var/cache/mgpu
 # Everything the binary is made of: a change to any of these rebuilds it. Folders are listed too
 # so that adding or removing a module also triggers a rebuild.
-BUILD_INPUTS := $(SPEC) $(shell find src build-config/hooks -name __pycache__ -prune -o \( -name '*.py' -o -name '*.dat' -o -type d \) -print 2>/dev/null)
+BUILD_INPUTS := $(SPEC) $(LAUNCHER) $(ASSEMBLE) $(shell find src build-config/hooks -name __pycache__ -prune -o \( -name '*.py' -o -name '*.dat' -o -type d \) -print 2>/dev/null)
 UNITS := mgpu-master.service mgpu-node.service
 
 .DEFAULT_GOAL := help
@@ -30,7 +37,7 @@ help:
 	@echo "  make bench       every bench/bench_*.py in turn; prints figures (exit 1 if a script failed)"
 	@echo "  make build       the one-file executable dist/mgpu (own venv $(BUILD_VENV), pinned requirements.txt)"
 	@echo "  make install     as root: $(PREFIX)/bin/mgpu, /etc/mgpu/mgpu.yaml (if none), systemd units"
-	@echo "  make uninstall   as root: remove the binary and the units (keeps /etc/mgpu and /var/lib/mgpu)"
+	@echo "  make uninstall   as root: remove the binary, the units and $(ROOT_CACHE) (keeps /etc/mgpu and /var/lib/mgpu)"
 	@echo "  make clean       remove build/, dist/, $(BUILD_VENV) and caches"
 	@echo "variables: PYTHON=$(PYTHON) BUILD_PYTHON=$(BUILD_PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
 
@@ -65,16 +72,23 @@ $(BUILD_STAMP): requirements.txt
 dist/mgpu: $(BUILD_STAMP) $(BUILD_INPUTS)
 	@for tool in strip objdump ldd; do command -v $$tool >/dev/null || { \
 		echo "make build: PyInstaller needs '$$tool' (on Debian: apt-get install binutils)" >&2; exit 1; }; done
-	$(BUILD_VENV)/bin/python -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build $(SPEC)
-	@dist/mgpu --version >/dev/null || { echo "make build: dist/mgpu does not start" >&2; exit 1; }
-	@echo "built dist/mgpu ($$(du -m dist/mgpu | cut -f1) MB): $$(dist/mgpu --version)"
+	@# PYTHONHASHSEED=0: the same inputs give the same bytes (set constants are marshalled in
+	@# hash order), so the same content hash and the same cache directory on the hosts.
+	PYTHONHASHSEED=0 $(BUILD_VENV)/bin/python -m PyInstaller --noconfirm --log-level WARN --distpath $(dir $(ONEDIR)) --workpath build/work $(SPEC)
+	$(BUILD_VENV)/bin/python $(ASSEMBLE) $(ONEDIR) $(LAUNCHER) dist/mgpu
+	@# Smoke test in a throw-away cache: the first run unpacks, the second takes the fast path.
+	@cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
+		MGPU_CACHE_DIR=$$cache/mgpu dist/mgpu --version >/dev/null && \
+		version=$$(MGPU_CACHE_DIR=$$cache/mgpu dist/mgpu --version) || { \
+		echo "make build: dist/mgpu does not start" >&2; exit 1; }; \
+	echo "built dist/mgpu ($$(du -m dist/mgpu | cut -f1) MB; unpacks once per user and build into ~/.cache/mgpu, as root $(ROOT_CACHE)): $$version"
 
 # --- install (as root) -------------------------------------------------------------------------
 
 # The binary is copied under a temporary name and renamed into place, so a command starting at
-# that moment sees the old file or the new one, never half of one. A running daemon is restarted
-# at once: a one-file binary reads its Python modules from its own file, by path, so a daemon
-# left running on a replaced file fails its next first-time import (see build-config/mgpu.spec).
+# that moment sees the old file or the new one, never half of one. The new binary unpacks into a
+# new directory of the cache (named after its content hash): a daemon running from the old one
+# keeps working, and is restarted here so that it runs the new version.
 install:
 	@test -x dist/mgpu || { echo "make install: dist/mgpu is missing: run 'make build' first" >&2; exit 1; }
 	@if [ -n "$$(find src build-config -newer dist/mgpu -name '*.py' -print -quit)" ]; then \
@@ -104,7 +118,10 @@ install:
 			fi; \
 		done; \
 	fi
-	@echo "installed $(BINDIR)/mgpu: $$($(BINDIR)/mgpu --version)"
+	@# Unpacks the new build into $(ROOT_CACHE) now (with DESTDIR: into a throw-away cache).
+	@if [ -z "$(DESTDIR)" ]; then version=$$($(BINDIR)/mgpu --version); else \
+		cache=$$(mktemp -d) && version=$$(MGPU_CACHE_DIR=$$cache/mgpu $(BINDIR)/mgpu --version); rm -rf "$$cache"; fi; \
+	echo "installed $(BINDIR)/mgpu: $$version"
 	@echo "next steps:"
 	@echo "  systemctl enable --now mgpu-master      start the scheduler now and at boot"
 	@echo "  mgpu queue                              as any user: jobs and GPUs"
@@ -119,9 +136,10 @@ uninstall:
 		done; \
 	fi
 	rm -f $(BINDIR)/mgpu $(addprefix $(UNITDIR)/,$(UNITS))
+	rm -rf $(DESTDIR)$(ROOT_CACHE)
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
 		systemctl daemon-reload; fi
-	@echo "removed $(BINDIR)/mgpu and the systemd units; kept /etc/mgpu (config) and /var/lib/mgpu (state and job records): remove them by hand if you want them gone"
+	@echo "removed $(BINDIR)/mgpu, $(DESTDIR)$(ROOT_CACHE) and the systemd units; users' own caches (~/.cache/mgpu) stay; kept /etc/mgpu (config) and /var/lib/mgpu (state and job records): remove them by hand if you want them gone"
 
 clean:
 	rm -rf build dist $(BUILD_VENV) .pytest_cache

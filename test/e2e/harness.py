@@ -106,7 +106,13 @@ def ensure_users():
 def remove_users():
     for name in TEST_USERS:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        try:
+            uid = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            uid = None
         subprocess.run(["userdel", "--remove", name], capture_output=True)
+        if uid is not None:  # the binary's cache of a user without a home (build-config/launcher.sh)
+            shutil.rmtree("/tmp/mgpu-cache-%d" % uid, ignore_errors=True)
     subprocess.run(["groupdel", TEST_GROUP], capture_output=True)
 
 
