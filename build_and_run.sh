@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the one-file `mgpu` binary and try it out: a single-host master in the foreground.
+# Build the one-file `mgpu` binary (build-config/launcher.sh) and try it out: a single-host master in the foreground.
 #
 #   ./build_and_run.sh [EXTRA MASTER FLAGS...]      e.g. ./build_and_run.sh --policy spread
 #
@@ -28,7 +28,8 @@ else
         .venv-build/bin/python -m pip install --disable-pip-version-check --quiet -r requirements.txt
         touch .venv-build/.requirements-installed
     fi
-    .venv-build/bin/python -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build build-config/mgpu.spec
+    PYTHONHASHSEED=0 .venv-build/bin/python -m PyInstaller --noconfirm --log-level WARN --distpath build/onedir --workpath build/work build-config/mgpu.spec
+    .venv-build/bin/python build-config/assemble.py build/onedir/mgpu build-config/launcher.sh dist/mgpu
 fi
 dist/mgpu --version >/dev/null
 
