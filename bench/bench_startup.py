@@ -7,7 +7,8 @@ from the parent with perf_counter:
   python -S -c pass                     the interpreter alone
   python -c pass                        plus site (and whatever .pth files site-packages holds)
   python -m mgpu --version              mgpu from source (PYTHONPATH=src)
-  dist/mgpu --version                   the one-file binary: unpack, start Python, same code
+  dist/mgpu --version                   the binary, already unpacked in the user's cache
+  dist/mgpu --version, first run        the same into an empty cache: check and unpack, then run
   mgpu queue, source and binary         a whole client call against a running master
 
 The master is `python -m mgpu master --fake-gpus 8` on a socket in a temporary directory.
@@ -61,6 +62,24 @@ def report(label, argv, runs, env=None):
         return None
     print("%-34s median %7.1f ms   fastest %7.1f ms" % (label, statistics.median(times), min(times)))
     return statistics.median(times)
+
+
+def first_runs(binary, runs):
+    """The binary's first run for a user: each run in a new empty cache (MGPU_CACHE_DIR)."""
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="mgpu-bench-cache-") as cache:
+            env = dict(os.environ, MGPU_CACHE_DIR=os.path.join(cache, "mgpu"))
+            start = time.perf_counter()
+            done = subprocess.run([binary, "--version"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            times.append((time.perf_counter() - start) * 1000)
+            if done.returncode != 0:
+                print("%-34s failed: %s" % ("dist/mgpu --version, first run",
+                                            done.stdout.decode(errors="replace").strip()))
+                return
+    print("%-34s median %7.1f ms   fastest %7.1f ms   (%d runs, each into an empty cache)"
+          % ("dist/mgpu --version, first run", statistics.median(times), min(times), runs))
 
 
 class Master:
@@ -125,6 +144,7 @@ def main():
     report("python -m mgpu --version", [python, "-m", "mgpu", "--version"], args.runs, source_env())
     if have_binary:
         report("dist/mgpu --version", [binary, "--version"], args.runs)
+        first_runs(binary, max(3, args.runs // 4))
         size = os.path.getsize(binary)
         print("%-34s %.1f MB (%d bytes)" % ("dist/mgpu size", size / 1e6, size))
     else:
