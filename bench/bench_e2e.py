@@ -62,12 +62,9 @@ class Master:
                 time.sleep(0.02)
 
     def rss_mb(self):
-        """RSS of the master process (the launcher helper is a separate, forked process)."""
-        pids = [self.process.pid]
-        if BIN:  # a one-file binary runs as bootloader + Python child: measure the child
-            children = _children(self.process.pid)
-            pids = children[:1] or pids
-        with open("/proc/%d/status" % pids[0]) as status:
+        """RSS of the master process (the launcher helper is a separate, forked process; the
+        binary's sh header exec()s the program, so the binary's pid is the master's too)."""
+        with open("/proc/%d/status" % self.process.pid) as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024.0
@@ -77,20 +74,6 @@ class Master:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(30)
         self.log.close()
-
-
-def _children(pid):
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name, "rb") as f:
-                    stat = f.read()
-                if int(stat[stat.rindex(b")") + 2:].split()[1]) == pid:
-                    found.append(int(name))
-            except OSError:
-                pass
-    return found
 
 
 def submit_fields(command, output_dir, gpus=1):
