@@ -115,12 +115,27 @@ def test_ctrl_c_detaches_and_leaves_the_job_running(cluster):
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
     assert process.returncode == 130
-    assert "detached from job" in err and "mgpu cancel" in err
+    assert "detached from job" in err and "it keeps running" in err and "mgpu cancel" in err
     job_id = int(err.split("detached from job ")[1].split(";")[0])
     time.sleep(0.3)
     assert cluster.job(job_id)["state"] == "RUNNING"
     assert cluster.run(ALICE, "cancel", job_id).returncode == 0
     cluster.wait_state(job_id, "CANCELLED")
+
+
+def test_ctrl_c_while_queued_detaches_and_leaves_the_job_queued(cluster):
+    blocker = cluster.submit(ALICE, "--gpus", "2", "--", "sleep", "30")
+    cluster.wait_state(blocker, "RUNNING")
+    process = cluster.start(BOB, "srun", "-i", "--gpus", "1", "--", "echo", "later")
+    assert "queued (position 1)" in process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 130
+    job_id = int(err.split("detached from job ")[1].split(";")[0])
+    assert "it stays in the queue" in err and "mgpu cancel %d" % job_id in err
+    assert cluster.job(job_id)["state"] == "PENDING"
+    cluster.run(ALICE, "cancel", blocker)
+    cluster.wait_state(job_id, "COMPLETED")
 
 
 def test_env_setup_cmd_runs_in_the_jobs_shell_first(cluster):

@@ -127,6 +127,7 @@ def follow(client, job_id, quiet):
     """Stream a job until it ends; the job's exit code, or 130 when the user detaches."""
     say = (lambda line: None) if quiet else (lambda line: _stderr("mgpu: " + line + "\n"))
     out, err = sys.stdout.buffer, sys.stderr.buffer
+    running = False
     try:
         client.send("attach", job_id=job_id)
         reply = client.read(STREAM_READ_TIMEOUT)
@@ -142,7 +143,8 @@ def follow(client, job_id, quiet):
                 stream.flush()
             elif kind == "status":
                 job = frame["job"]
-                if job["state"] == "PENDING":
+                running = job["state"] != "PENDING"
+                if not running:
                     line = "job %d queued (position %s): %s" % (job_id, job.get("position") or "?", job.get("reason") or "waiting")
                 else:
                     gpus = ",".join(map(str, job["gpu_ids"])) or "none"
@@ -159,8 +161,9 @@ def follow(client, job_id, quiet):
                     _stderr("mgpu: job %d %s%s\n" % (job_id, state, (": " + reason) if reason else ""))
                 return code if isinstance(code, int) and 0 <= code <= 255 else 1
     except KeyboardInterrupt:
-        _stderr("\nmgpu: detached from job %d; it keeps running. Follow it with 'mgpu queue', "
-                "cancel it with 'mgpu cancel %d'\n" % (job_id, job_id))
+        _stderr("\nmgpu: detached from job %d; it %s. Follow it with 'mgpu queue', "
+                "cancel it with 'mgpu cancel %d'\n"
+                % (job_id, "keeps running" if running else "stays in the queue", job_id))
         return 130
 
 
