@@ -133,8 +133,10 @@ class Master:
             self.agent.stop()
             self.store.close()
         running = len(self.controller.running)
-        log("master stopped%s" % ("; %d running job%s carry on under their supervisors"
-                                  % (running, "" if running == 1 else "s") if running else ""))
+        log("master stopped%s" % ("; %d running %s under %s supervisor%s"
+                                  % (running, "job carries on" if running == 1 else "jobs carry on",
+                                     "its" if running == 1 else "their", "" if running == 1 else "s")
+                                  if running else ""))
         return 0
 
     def _loop(self):

@@ -71,7 +71,7 @@ def test_graceful_stop_leaves_jobs_running(cluster):
     job = cluster.submit(ALICE, "--gpus", "1", "--", "sleep", "30")
     cluster.wait_state(job, "RUNNING")
     assert cluster.master.stop() == 0
-    assert "1 running job carry on" in cluster.master.log
+    assert "1 running job carries on under its supervisor" in cluster.master.log
     cluster.master.start()
     assert cluster.job(job)["state"] == "RUNNING"
     cluster.run(ALICE, "cancel", job)
