@@ -4,8 +4,10 @@
 # file by a user unpacks the program into a private cache directory, once per content hash;
 # every run then exec()s the unpacked program, with the caller's arguments and environment.
 #
-#   cache:  $MGPU_CACHE_DIR, else /var/cache/mgpu as root, else $XDG_CACHE_HOME/mgpu or
-#           $HOME/.cache/mgpu, else /tmp/mgpu-cache-UID; the program is CACHE/HASH/mgpu.
+#   cache:  $MGPU_CACHE_DIR, else /var/cache/mgpu as root, else $XDG_CACHE_HOME/mgpu, else
+#           $HOME/.cache/mgpu when HOME is a directory of the user's own (not after a `sudo -u`
+#           that kept another user's HOME), else /tmp/mgpu-cache-UID; the program is
+#           CACHE/HASH/mgpu.
 #   safety: CACHE and CACHE/HASH must belong to the effective user; CACHE must not be writable
 #           by group or others (checked when unpacking; we create both with umask 077).
 #
@@ -35,7 +37,7 @@ else
         case ${XDG_CACHE_HOME:-} in
             /*) _mgpu_base=$XDG_CACHE_HOME/mgpu ;;
             *) case ${HOME:-} in
-                   /?*) if [ -d "$HOME" ]; then _mgpu_base=$HOME/.cache/mgpu; else _mgpu_base=/tmp/mgpu-cache-$_mgpu_uid; fi ;;
+                   /?*) if [ -d "$HOME" ] && [ -O "$HOME" ]; then _mgpu_base=$HOME/.cache/mgpu; else _mgpu_base=/tmp/mgpu-cache-$_mgpu_uid; fi ;;
                    *) _mgpu_base=/tmp/mgpu-cache-$_mgpu_uid ;;
                esac ;;
         esac

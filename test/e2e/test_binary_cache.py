@@ -245,6 +245,11 @@ def test_empty_environment_without_home_as_root_and_as_a_user(users, binary, dig
         assert code == 0, err
         assert os.path.isfile(os.path.join(home, ".cache", "mgpu", digest, "mgpu"))
         assert owner_and_mode(os.path.join(home, ".cache", "mgpu"))[0] == alice_uid
+        # A HOME that is not the user's own (kept by `sudo -u`): the per-uid cache in /tmp.
+        shutil.rmtree(alice_cache, ignore_errors=True)
+        code, out, err = run_bare(ALICE, binary, "--version", env={"HOME": "/root"})
+        assert code == 0 and err == "", (code, out, err)
+        assert os.path.isfile(os.path.join(alice_cache, digest, "mgpu"))
     finally:
         # The test user's cache outside its home (userdel removes the home): test_binary.py's
         # empty-environment runs as alice fill it as well.
