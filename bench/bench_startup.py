@@ -39,47 +39,48 @@ def source_env(extra=None):
     return env
 
 
-def time_runs(argv, runs, env=None):
-    """Wall times in ms of `runs` runs of argv (after WARMUP uncounted ones); None if a run
+def time_runs(argv, runs, env=None, warmup=WARMUP):
+    """Wall times in ms of `runs` runs of argv (after `warmup` uncounted ones); None if a run
     failed, with its output."""
     times = []
-    for run in range(WARMUP + runs):
+    for run in range(warmup + runs):
         start = time.perf_counter()
         done = subprocess.run(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         elapsed = (time.perf_counter() - start) * 1000
         if done.returncode != 0:
             return None, done.stdout.decode(errors="replace").strip()
-        if run >= WARMUP:
+        if run >= warmup:
             times.append(elapsed)
     return times, None
 
 
 def report(label, argv, runs, env=None):
-    times, error = time_runs(argv, runs, env)
+    return summarise(label, *time_runs(argv, runs, env))
+
+
+def summarise(label, times, error, note=""):
+    """Print the median and fastest of `times` (or the failure); the median, or None."""
     if times is None:
         print("%-34s failed: %s" % (label, error.splitlines()[-1] if error else "no output"))
         return None
-    print("%-34s median %7.1f ms   fastest %7.1f ms" % (label, statistics.median(times), min(times)))
+    print("%-34s median %7.1f ms   fastest %7.1f ms%s"
+          % (label, statistics.median(times), min(times), note))
     return statistics.median(times)
 
 
 def first_runs(binary, runs):
     """The binary's first run for a user: each run in a new empty cache (MGPU_CACHE_DIR)."""
+    label = "dist/mgpu --version, first run"
     times = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="mgpu-bench-cache-") as cache:
             env = dict(os.environ, MGPU_CACHE_DIR=os.path.join(cache, "mgpu"))
-            start = time.perf_counter()
-            done = subprocess.run([binary, "--version"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            times.append((time.perf_counter() - start) * 1000)
-            if done.returncode != 0:
-                print("%-34s failed: %s" % ("dist/mgpu --version, first run",
-                                            done.stdout.decode(errors="replace").strip()))
-                return
-    print("%-34s median %7.1f ms   fastest %7.1f ms   (%d runs, each into an empty cache)"
-          % ("dist/mgpu --version, first run", statistics.median(times), min(times), runs))
+            one, error = time_runs([binary, "--version"], 1, env, warmup=0)
+        if one is None:
+            return summarise(label, None, error)
+        times += one
+    return summarise(label, times, None, "   (%d runs, each into an empty cache)" % runs)
 
 
 class Master:

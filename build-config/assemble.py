@@ -35,12 +35,8 @@ def build_archive(tree):
     """The uncompressed tar (bytes) of the contents of `tree`, deterministic in order."""
     if not os.path.isfile(os.path.join(tree, "mgpu")):
         raise SystemExit("assemble.py: %s/mgpu is missing (PyInstaller's one-dir build)" % tree)
-    paths = []
-    for folder, dirs, files in os.walk(tree):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            paths.append(os.path.join(folder, name))
-    paths.sort(key=lambda p: os.path.relpath(p, tree).split(os.sep))
+    paths = [os.path.join(folder, name) for folder, dirs, files in os.walk(tree) for name in dirs + files]
+    paths.sort(key=lambda p: os.path.relpath(p, tree).split(os.sep))  # a folder before its contents
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for path in paths:

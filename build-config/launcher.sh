@@ -50,9 +50,15 @@ case $_mgpu_base in
 esac
 _mgpu_dir=$_mgpu_base/$_mgpu_hash
 
-# Fast path: builtins only ([ is a builtin of every POSIX sh that matters: dash, bash, busybox).
-if [ -O "$_mgpu_base" ] && [ -O "$_mgpu_dir" ] && [ ! -L "$_mgpu_dir" ] && [ -O "$_mgpu_dir/mgpu" ] \
-        && [ -x "$_mgpu_dir/mgpu" ]; then
+# The unpacked program is there, ours, and runnable. Builtins only ([ is a builtin of every
+# POSIX sh that matters: dash, bash, busybox).
+_mgpu_ready() {
+    [ -O "$_mgpu_base" ] && [ -O "$_mgpu_dir" ] && [ ! -L "$_mgpu_dir" ] && [ -O "$_mgpu_dir/mgpu" ] \
+        && [ -x "$_mgpu_dir/mgpu" ]
+}
+
+# Fast path.
+if _mgpu_ready; then
     exec "$_mgpu_dir/mgpu" "$@"
 fi
 
@@ -123,7 +129,7 @@ fi
         || _mgpu_fail "cannot execute $_mgpu_dir/mgpu (a noexec file system?): $_mgpu_fix"
     exit 0
 ) || exit 1
-if [ -O "$_mgpu_dir" ] && [ ! -L "$_mgpu_dir" ] && [ -O "$_mgpu_dir/mgpu" ] && [ -x "$_mgpu_dir/mgpu" ]; then
+if _mgpu_ready; then
     exec "$_mgpu_dir/mgpu" "$@"
 fi
 echo "mgpu: cannot run $_mgpu_dir/mgpu" >&2

@@ -133,10 +133,12 @@ class Master:
             self.agent.stop()
             self.store.close()
         running = len(self.controller.running)
-        log("master stopped%s" % ("; %d running %s under %s supervisor%s"
-                                  % (running, "job carries on" if running == 1 else "jobs carry on",
-                                     "its" if running == 1 else "their", "" if running == 1 else "s")
-                                  if running else ""))
+        if running == 1:
+            log("master stopped; 1 running job carries on under its supervisor")
+        elif running:
+            log("master stopped; %d running jobs carry on under their supervisors" % running)
+        else:
+            log("master stopped")
         return 0
 
     def _loop(self):
