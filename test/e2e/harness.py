@@ -270,6 +270,16 @@ class Cluster:
                         timeout=timeout, interval=0.05, what="job %d to be %s\nmaster log:\n%s" % (
                             job_id, "/".join(states), self.master.log[-3000:]))
 
+    def record_path(self, job_id, attempt=1):
+        """The supervisor's record of a job attempt, in the master's state directory."""
+        return os.path.join(self.master.state_dir, "jobs", "%d.%d.json" % (job_id, attempt))
+
+    def wait_supervised(self, job_id, attempt=1):
+        """Wait until the job's supervisor exists (its record is on disk). RUNNING is stored
+        before the launch: a master killed in between never started the job, and requeues it."""
+        wait_for(lambda: os.path.exists(self.record_path(job_id, attempt)),
+                 what="the supervisor of job %d to record its start" % job_id)
+
     def home(self, user):
         return pwd.getpwnam(user).pw_dir if user else os.environ.get("HOME", "/root")
 

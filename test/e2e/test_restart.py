@@ -19,6 +19,7 @@ def test_sigkill_and_restart_loses_nothing(cluster):
     survivor = cluster.submit(ALICE, "--gpus", "2", "--", "sh", "-c",
                               "while [ ! -e %s ]; do sleep 0.1; done; echo finished; exit 7" % go)
     running = cluster.wait_state(survivor, "RUNNING")
+    cluster.wait_supervised(survivor)
     queued = [cluster.submit(BOB, "--gpus", "1", "--priority", str(p), "--", "true") for p in (0, 5, 0)]
     before = {j["id"]: j for j in cluster.queue()["jobs"]}
     order_before = [j["id"] for j in sorted((j for j in before.values() if j["state"] == "PENDING"),
@@ -58,10 +59,11 @@ def test_a_job_that_ends_while_the_master_is_down_gets_its_exit_code(cluster):
     job = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c",
                          "while [ ! -e %s ]; do sleep 0.05; done; exit 3" % go)
     cluster.wait_state(job, "RUNNING")
+    cluster.wait_supervised(job)
     cluster.master.kill()
     open(go, "w").close()
-    record = os.path.join(cluster.master.state_dir, "jobs", "%d.1.json" % job)
-    wait_for(lambda: '"exit_code"' in open(record).read(), what="the supervisor to record the exit")
+    wait_for(lambda: '"exit_code"' in open(cluster.record_path(job)).read(),
+             what="the supervisor to record the exit")
     cluster.master.start()
     ended = cluster.wait_state(job, "FAILED")
     assert ended["exit_code"] == 3
