@@ -1,7 +1,10 @@
+import fcntl
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
@@ -24,18 +27,58 @@ def installation():
     inst.remove()
 
 
+# The test users are shared by every e2e session on this host, and each session kills their
+# processes after every test and deletes them at its end: two sessions at once would break each
+# other's jobs. One session at a time holds this lock; the others wait for it.
+SESSION_LOCK = "/tmp/mgpu-e2e-session.lock"
+SESSION_LOCK_WAIT = 1800
+
+
+def _lock_the_test_users():
+    handle = open(SESSION_LOCK, "a+")
+    os.chmod(SESSION_LOCK, 0o600)
+    deadline = time.monotonic() + SESSION_LOCK_WAIT
+    told = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                pytest.fail("another e2e session held %s for %d s" % (SESSION_LOCK, SESSION_LOCK_WAIT))
+            if not told:
+                sys.__stderr__.write("\nwaiting for another e2e session on this host (lock %s)\n" % SESSION_LOCK)
+                told = True
+            time.sleep(0.5)
+    handle.seek(0)
+    handle.truncate()
+    handle.write("%d\n" % os.getpid())
+    handle.flush()
+    return handle
+
+
 @pytest.fixture(scope="session")
 def users():
     _needs_root()
-    names = ensure_users()
-    yield names
-    remove_users()
+    lock = _lock_the_test_users()
+    try:
+        names = ensure_users()
+        yield names
+        remove_users()
+    finally:
+        lock.close()
 
 
 @pytest.fixture
 def make_cluster(installation, users, tmp_path_factory):
     """make_cluster(fake_gpus="2:16000", args=(), user=None, config=None) -> a Cluster with a
-    running master; everything it started is stopped afterwards."""
+    running master; everything it started is stopped afterwards.
+
+    A master that crashed fails the test: one that exited by itself (unless the test said
+    `master.expect_exit()`), did not exit with 0 on SIGTERM at the end, or logged a traceback or
+    an internal error (unless `master.expect_log_errors()`). Stopping it with `master.kill()` or
+    `master.stop()` is expected."""
     masters = []
 
     def make(fake_gpus="2:16000", args=(), user=None, config=None, start=True):
@@ -48,12 +91,19 @@ def make_cluster(installation, users, tmp_path_factory):
         return Cluster(installation, master, users)
 
     yield make
+    report = []
     for master in masters:
         master.stop()
+        problems = master.health()
+        if problems:
+            report.append("master in %s:\n  %s\nits log (tail):\n%s" % (
+                master.workdir, "\n  ".join(problems), master.log[-3000:]))
     for name in TEST_USERS:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
     for master in masters:
         shutil.rmtree(master.workdir, ignore_errors=True)
+    if report:
+        pytest.fail("a master crashed or stopped badly\n" + "\n".join(report), pytrace=False)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +38,21 @@ def wait_for(predicate, timeout=15.0, interval=0.02, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+def read_line(pipe, timeout=20.0, what="a line"):
+    """`pipe.readline()` with a deadline: the line ('' at end of file), or AssertionError.
+
+    A thread does the read, so lines already buffered in a text pipe count (a select() on the
+    descriptor would not see them); on a timeout the thread stays blocked until the pipe closes,
+    which the test's teardown does."""
+    result = []
+    reader = threading.Thread(target=lambda: result.append(pipe.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+    return result[0]
 
 
 class Installation:
@@ -153,8 +169,69 @@ class Master:
             self.argv += ["--config", config_path]
         self.argv += list(args)
         self.process = None
+        self.problems = []  # what went wrong with earlier processes of this master (see health)
+        self._expected_exit = None  # for the current process: None, or (code or None,)
+        self._signal_sent = None  # the signal stop() sent the current process
+        self._judged = None  # the process whose end has been judged
+        self._log_errors_expected = False
+
+    def expect_exit(self, code=None):
+        """The current process is meant to exit by itself (a refused start, a test that kills
+        it from outside): with `code` (None: any code or signal). Without this, a master that
+        exits on its own during a test fails it."""
+        self._expected_exit = (code,)
+
+    def expect_log_errors(self):
+        """This master's log may contain tracebacks or internal errors (a test that provokes
+        them on purpose); without this, either fails the test."""
+        self._log_errors_expected = True
+
+    @property
+    def pid(self):
+        return self.process.pid if self.process else None
+
+    def _judge_end(self):
+        """Record, once per process, why its end was wrong: exited by itself without
+        expect_exit(), or not with 0 after SIGTERM/SIGINT."""
+        process = self.process
+        if process is None or process.returncode is None or self._judged is process:
+            return
+        self._judged = process
+        code = process.returncode
+        what = "signal %d" % -code if code < 0 else "code %d" % code
+        if self._expected_exit is not None:
+            wanted = self._expected_exit[0]
+            if wanted is not None and code != wanted:
+                self.problems.append("master pid %d exited with %s, expected %s" % (process.pid, what, wanted))
+        elif self._signal_sent is None:
+            self.problems.append("master pid %d ended during the test with %s (not through Master.stop/kill, no expect_exit)" % (process.pid, what))
+        elif self._signal_sent in (signal.SIGTERM, signal.SIGINT) and code != 0:
+            self.problems.append("master pid %d exited with %s after %s (expected 0)" % (
+                process.pid, what, signal.Signals(self._signal_sent).name))
+
+    def log_problems(self):
+        """Lines of the log that show a crash: a traceback or an internal error."""
+        if self._log_errors_expected:
+            return []
+        return [line for line in self.log.splitlines() if "Traceback" in line or "internal error" in line]
+
+    def health(self):
+        """Everything that went wrong with this master so far (empty when all is well): a
+        process that exited by itself or badly after SIGTERM, tracebacks and internal errors in
+        its log. The make_cluster fixture fails a test whose masters are not healthy."""
+        self._judge_end()
+        problems = list(self.problems)
+        crash_lines = self.log_problems()
+        if crash_lines:
+            problems.append("master log shows a crash:\n    " + "\n    ".join(crash_lines[:10]))
+        return problems
 
     def start(self, wait=True):
+        if self.process is not None:
+            if self.process.poll() is not None:
+                self._judge_end()
+            self.process = None
+        self._expected_exit = self._signal_sent = None
         os.makedirs(os.path.dirname(self.socket), exist_ok=True)
         if self.user:
             uid, gid, _ = user_ids(self.user)
@@ -183,12 +260,17 @@ class Master:
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.process and self.process.poll() is None:
+            self._signal_sent = sig
             self.process.send_signal(sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.problems.append("master pid %d did not exit within %d s of %s" % (
+                    self.process.pid, timeout, signal.Signals(sig).name))
+                self._signal_sent = signal.SIGKILL
                 self.process.kill()
                 self.process.wait()
+        self._judge_end()
         if getattr(self, "log_file", None):
             self.log_file.close()
         return self.process.returncode if self.process else None

@@ -3,9 +3,10 @@
 import os
 import pwd
 import signal
+import subprocess
 import time
 
-from harness import TEST_GROUP, wait_for, user_ids
+from harness import TEST_GROUP, read_line, wait_for, user_ids
 
 ALICE, BOB = "mgpu-alice", "mgpu-bob"
 
@@ -21,8 +22,11 @@ def test_job_runs_as_submitter_with_granted_gpus(cluster):
     lines = result.stdout.splitlines()
     assert lines[0] == str(uid)
     assert lines[1] == str(gid)
-    assert set(map(int, lines[2].split())) == {gid} | set(groups)
-    assert len(groups) == 1  # the supplementary group TEST_GROUP reached the job
+    job_groups = set(map(int, lines[2].split()))
+    extra_gid = group_id(TEST_GROUP)
+    assert extra_gid in job_groups, "the job of %s lacks its supplementary group %s (%d): id -G says %s" % (
+        ALICE, TEST_GROUP, extra_gid, lines[2])
+    assert job_groups == {gid} | set(groups)  # initgroups: the user's groups, none of root's
     home = pwd.getpwnam(ALICE).pw_dir
     assert lines[3] == "HOME=%s USER=%s LOGNAME=%s" % (home, ALICE, ALICE)
     assert lines[4] == "/tmp"
@@ -31,7 +35,22 @@ def test_job_runs_as_submitter_with_granted_gpus(cluster):
     assert lines[6] == "END=none MINE=from-srun"
     job = cluster.job(job_id)
     assert job["state"] == "COMPLETED" and job["exit_code"] == 0 and job["user"] == ALICE
-    assert TEST_GROUP
+
+
+def group_id(name):
+    """The gid of a group, as the system's name service says (getent, not only /etc/group)."""
+    entry = subprocess.run(["getent", "group", name], capture_output=True, text=True, check=True).stdout
+    return int(entry.split(":")[2])
+
+
+def test_a_job_gets_its_own_users_groups_only(cluster):
+    # bob is not in TEST_GROUP: his job must not get it (nor any group of root's or alice's).
+    extra_gid = group_id(TEST_GROUP)
+    uid, gid, groups = user_ids(BOB)
+    assert extra_gid not in groups
+    result = cluster.run(BOB, "srun", "-i", "-q", "--gpus", "0", "--", "id", "-G")
+    assert result.returncode == 0, result.stderr
+    assert set(map(int, result.stdout.split())) == {gid} | set(groups)
 
 
 def test_background_submit_writes_output_as_user(cluster):
@@ -86,7 +105,7 @@ def test_exit_codes_and_signals_as_slurm_reports_them(cluster):
 def test_interactive_streams_stdout_and_stderr_live(cluster):
     process = cluster.start(ALICE, "srun", "-i", "--gpus", "1", "--", "sh", "-c",
                             "echo first; echo to-stderr >&2; sleep 30; echo never")
-    first = process.stdout.readline()
+    first = read_line(process.stdout, what="the job's first line")
     assert first == "first\n"  # arrives while the job is still running
     job_id = wait_for(lambda: [j["id"] for j in cluster.queue(ALICE)["jobs"] if j["state"] == "RUNNING"])[0]
     cluster.run(ALICE, "cancel", job_id)
@@ -101,7 +120,7 @@ def test_interactive_reports_queue_position_then_runs(cluster):
     blocker = cluster.submit(ALICE, "--gpus", "2", "--", "sleep", "30")
     cluster.wait_state(blocker, "RUNNING")
     process = cluster.start(BOB, "srun", "-i", "--gpus", "2", "--", "echo", "got-gpus")
-    waiting = process.stderr.readline()
+    waiting = read_line(process.stderr, what="srun -i to report the queue position")
     assert "queued (position 1)" in waiting and "Resources" in waiting
     cluster.run(ALICE, "cancel", blocker)
     out, err = process.communicate(timeout=20)
@@ -111,7 +130,7 @@ def test_interactive_reports_queue_position_then_runs(cluster):
 
 def test_ctrl_c_detaches_and_leaves_the_job_running(cluster):
     process = cluster.start(ALICE, "srun", "-i", "--gpus", "1", "--", "sh", "-c", "echo started; sleep 30")
-    assert process.stdout.readline() == "started\n"
+    assert read_line(process.stdout, what="the job's first line") == "started\n"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
     assert process.returncode == 130
@@ -127,7 +146,7 @@ def test_ctrl_c_while_queued_detaches_and_leaves_the_job_queued(cluster):
     blocker = cluster.submit(ALICE, "--gpus", "2", "--", "sleep", "30")
     cluster.wait_state(blocker, "RUNNING")
     process = cluster.start(BOB, "srun", "-i", "--gpus", "1", "--", "echo", "later")
-    assert "queued (position 1)" in process.stderr.readline()
+    assert "queued (position 1)" in read_line(process.stderr, what="srun -i to report the queue position")
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=10)
     assert process.returncode == 130

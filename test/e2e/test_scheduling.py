@@ -38,11 +38,23 @@ def test_priority_then_submit_order(cluster):
     assert states(cluster, low, later_low) == ["PENDING", "PENDING"]
 
 
-def test_user_priority_is_bounded_and_root_may_exceed_it(cluster):
-    refused = cluster.run(ALICE, "srun", "--priority", "101", "--", "true")
+def test_user_priority_is_bounded_and_root_may_exceed_it(make_cluster):
+    cluster = make_cluster(config="max_user_priority: 5\noperators: [%s]\nallow_root_jobs: true\n" % BOB)
+    refused = cluster.run(ALICE, "srun", "--priority", "6", "--", "true")
     assert refused.returncode == 1
-    assert "priority must be between 0 and 100" in refused.stderr
+    assert "priority must be between 0 and 5" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    holder = cluster.submit(ALICE, "--priority", "5", "--gpus", "2", "--", "sleep", "30")  # the bound itself
+    cluster.wait_state(holder, "RUNNING")
+    blocker = cluster.submit(ALICE, "--gpus", "2", "--", "sleep", "30")
+    by_root = cluster.submit(None, "--priority", "50", "--gpus", "2", "--", "true")
+    by_operator = cluster.submit(BOB, "--priority", "20", "--gpus", "2", "--", "true")
+    jobs = {j["id"]: j for j in cluster.queue()["jobs"]}
+    assert (jobs[by_root]["user"], jobs[by_root]["priority"]) == ("root", 50)
+    assert (jobs[by_operator]["user"], jobs[by_operator]["priority"]) == (BOB, 20)
+    positions = {i: j["position"] for i, j in jobs.items() if j["state"] == "PENDING"}
+    assert positions[by_root] < positions[by_operator] < positions[blocker]
+    assert len([j for j in cluster.queue()["jobs"] if j["user"] == ALICE]) == 2  # the refused one is not stored
 
 
 def test_backfill_lets_short_jobs_in_without_delaying_the_waiting_job(make_cluster):
