@@ -5,7 +5,13 @@ transaction. Must not: decide anything about jobs.
 
 A job is stored as one JSON record beside its state; its environment, written once at submit,
 lives in its own table so state changes do not rewrite it and the master need not hold every
-pending job's environment in memory.
+pending job's environment in memory. An environment holds a user's secrets: it is deleted in the
+transaction that records the job's end.
+
+Durability: `synchronous=FULL`, so a committed batch survives a power loss; the master commits
+each batch of events once and only then replies or launches. A record that cannot be loaded (a
+state written by a faulty version, a damaged row) is moved to the `set_aside` table with its
+reason, so the master always starts.
 """
 
 import json
@@ -21,6 +27,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, state TEXT NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_env (id INTEGER PRIMARY KEY, env TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS set_aside (id INTEGER, state TEXT, record TEXT, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS transitions (
     job_id INTEGER NOT NULL, time REAL NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
     reason TEXT NOT NULL, cause TEXT NOT NULL);
@@ -31,6 +38,43 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 class StoreError(Exception):
     pass
+
+
+# Numbers in a loaded record must be plain JSON numbers of a sane size (a time or a count).
+_MAX_NUMBER = 1 << 53
+_FINAL = tuple(sorted(JobState.FINAL))
+
+
+def _check_value(value, depth=0):
+    if isinstance(value, str):
+        value.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError
+        if "\0" in value:
+            raise ValueError("NUL in a string")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, (int, float)):
+        if not -_MAX_NUMBER <= value <= _MAX_NUMBER:  # also rejects NaN
+            raise ValueError("number out of range")
+    elif isinstance(value, (list, tuple)) and depth < 2:
+        for item in value:
+            _check_value(item, depth + 1)
+    else:
+        raise ValueError("unexpected %s" % type(value).__name__)
+
+
+def _load_job(record):
+    """A Job from its stored record; ValueError (or another exception) when it is not one."""
+    fields = json.loads(record)
+    if not isinstance(fields, dict):
+        raise ValueError("not a JSON object")
+    for value in fields.values():
+        _check_value(value)
+    job = Job.from_dict(fields)
+    if not isinstance(job.id, int) or job.state not in JobState.ALL:
+        raise ValueError("no valid id or state")
+    if not job.command or not isinstance(job.user, str) or not isinstance(job.uid, int):
+        raise ValueError("no command or owner")
+    return job
 
 
 class Store:
@@ -44,7 +88,8 @@ class Store:
             os.chmod(self.path, 0o600)
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL: a killed process loses nothing
+            # FULL: an acknowledged submit survives a power loss, not only a killed process.
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
             version = self._meta("schema_version")
             if version is None:
@@ -54,6 +99,7 @@ class Store:
                                  % (self.path, version, SCHEMA_VERSION))
         except sqlite3.DatabaseError as e:
             raise StoreError("cannot open the state database %s: %s" % (self.path, e)) from None
+        self.set_aside = []  # one line per record load() could not use
 
     def _meta(self, key):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -63,38 +109,75 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
     def load(self, keep_finished):
-        """(active jobs, the newest `keep_finished` finished jobs, next job id, next queue seq)."""
-        rows = self.db.execute("SELECT record FROM jobs WHERE state IN (?, ?) ORDER BY id",
+        """(active jobs, the newest `keep_finished` finished jobs, next job id, next queue seq).
+        Records that cannot be used are moved aside; `self.set_aside` says which and why."""
+        self.set_aside = []
+        rows = self.db.execute("SELECT id, state, record FROM jobs WHERE state IN (?, ?) ORDER BY id",
                                (JobState.PENDING, JobState.RUNNING)).fetchall()
-        active = [Job.from_dict(json.loads(record)) for (record,) in rows]
-        rows = self.db.execute("SELECT record FROM jobs WHERE state NOT IN (?, ?) ORDER BY id DESC LIMIT ?",
+        active = self._usable(rows)
+        rows = self.db.execute("SELECT id, state, record FROM jobs WHERE state NOT IN (?, ?) ORDER BY id DESC LIMIT ?",
                                (JobState.PENDING, JobState.RUNNING, keep_finished)).fetchall()
-        finished = [Job.from_dict(json.loads(record)) for (record,) in reversed(rows)]
+        finished = self._usable(reversed(rows))
+        # Environments of ended jobs (left by an older version) are users' secrets: gone.
+        self.db.execute("DELETE FROM job_env WHERE id IN (SELECT id FROM jobs WHERE state IN (%s))"
+                        % ",".join("?" * len(_FINAL)), _FINAL)
         max_id = self.db.execute("SELECT MAX(id) FROM jobs").fetchone()[0] or 0
         next_id = max(int(self._meta("next_job_id") or 1), max_id + 1)
         max_seq = max((job.queue_seq or 0 for job in active), default=0)
         next_seq = max(int(self._meta("next_queue_seq") or 1), max_seq + 1)
         return active, finished, next_id, next_seq
 
+    def _usable(self, rows):
+        jobs = []
+        for job_id, state, record in rows:
+            try:
+                job = _load_job(record)
+                if job.id != job_id or job.state != state:
+                    raise ValueError("id or state differ from the row's")
+            except Exception as e:
+                reason = "%s: %s" % (type(e).__name__, e)
+                self.db.execute("BEGIN")
+                self.db.execute("INSERT INTO set_aside (id, state, record, reason) VALUES (?, ?, ?, ?)",
+                                (job_id, state, record, reason))
+                self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                self.db.execute("DELETE FROM job_env WHERE id = ?", (job_id,))
+                self.db.execute("COMMIT")
+                self.set_aside.append("job %s: its stored record cannot be loaded (%s); set aside in "
+                                      "the table set_aside of %s" % (job_id, reason[:200], self.path))
+                continue
+            jobs.append(job)
+        return jobs
+
     def write(self, jobs, envs, transitions, next_id, next_seq):
-        """One transaction: changed jobs, new environments, recorded transitions, counters."""
+        """One durable transaction: changed jobs, new environments, recorded transitions,
+        counters; the environments of jobs that ended are deleted. StoreError when it cannot be
+        written (a full disk): nothing of it is then stored."""
         db = self.db
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             if jobs:
                 db.executemany("INSERT OR REPLACE INTO jobs (id, state, record) VALUES (?, ?, ?)",
                                [(job.id, job.state, _encode(job.to_dict())) for job in jobs])
             if envs:
                 db.executemany("INSERT OR REPLACE INTO job_env (id, env) VALUES (?, ?)",
                                [(job_id, _encode(env)) for job_id, env in envs])
+            ended = [(job.id,) for job in jobs if job.state in JobState.FINAL]
+            if ended:
+                db.executemany("DELETE FROM job_env WHERE id = ?", ended)
             if transitions:
                 db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)",
                                [(t.job_id, t.time, t.old, t.new, t.reason, t.cause) for t in transitions])
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job_id', ?), ('next_queue_seq', ?)",
                        (str(next_id), str(next_seq)))
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as e:
+            if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(e, sqlite3.Error):
+                raise StoreError("cannot write the state database %s: %s" % (self.path, e)) from None
             raise
 
     def job_env(self, job_id):
