@@ -1,4 +1,5 @@
-"""The architecture rules of DESIGN.md, checked on the source text (nothing is imported).
+"""The architecture rules of DESIGN.md, checked on the source text, and for the pure core also
+in a fresh interpreter that imports it.
 
 - The pure core (model, scheduler, controller, auth) does no I/O, reads no clock and starts no
   threads: neither it nor any mgpu module it imports (transitively) imports sockets, threads,
@@ -11,7 +12,10 @@
 
 import ast
 import functools
+import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -221,6 +225,79 @@ def test_pure_core_may_use_signal_numbers():
     # signal is allowed (names and numbers only); the checker must not count it.
     assert "signal" not in FORBIDDEN_IN_CORE
     assert any(site.top == "signal" for site in imports_of(PACKAGE_DIR, PACKAGE_DIR / "controller.py"))
+
+
+# What a fresh interpreter (-I -S: no site, no user paths) imports for the pure core. Modules the
+# interpreter loads at start-up (time, _thread, posix on 3.11) are taken out of sys.modules and
+# a finder refuses every forbidden name, so an import of them anywhere below the pure core (in
+# mgpu or in the standard library, at import time) is seen even when it was loaded already.
+_FRESH_PROBE = r"""
+import json, sys
+forbidden = set(sys.argv[1].split(","))
+sys.path.insert(0, sys.argv[2])
+attempts = []
+
+class Refuse:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in forbidden:
+            frame, chain = sys._getframe(1), []
+            while frame is not None:
+                where = frame.f_code.co_filename
+                if "<frozen" not in where:
+                    chain.append("%s:%d" % (where, frame.f_lineno))
+                frame = frame.f_back
+            attempts.append("%s (from %s)" % (name, " <- ".join(chain[:4]) or "?"))
+            raise ImportError("forbidden in the pure core: " + name)
+        return None
+
+for name in list(sys.modules):
+    if name.split(".")[0] in forbidden:
+        del sys.modules[name]
+sys.meta_path.insert(0, Refuse)
+errors = []
+for module in sys.argv[3].split(","):
+    try:
+        __import__(module)
+    except Exception as e:
+        errors.append("%s: %s: %s" % (module, type(e).__name__, e))
+loaded = sorted(n for n in sys.modules if n.split(".")[0] in forbidden)
+print(json.dumps({"attempts": attempts, "loaded": loaded, "errors": errors}))
+"""
+
+
+def fresh_import_violations(src_dir, modules, forbidden=FORBIDDEN_IN_CORE):
+    """Import `modules` (dotted names) from `src_dir` in a fresh isolated interpreter; the
+    forbidden imports it attempted and the forbidden modules loaded afterwards, as lines."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _FRESH_PROBE, ",".join(sorted(forbidden)), str(src_dir),
+         ",".join(modules)], capture_output=True, text=True, timeout=60, env={})
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    return (["imports " + a for a in found["attempts"]]
+            + ["left %s in sys.modules" % m for m in found["loaded"]]
+            + ["cannot import " + e for e in found["errors"]])
+
+
+def test_a_fresh_interpreter_importing_the_pure_core_loads_no_io_clock_or_threads():
+    modules = ["%s.%s" % (PACKAGE, name) for name in PURE_CORE if (PACKAGE_DIR / (name + ".py")).is_file()]
+    violations = fresh_import_violations(PACKAGE_DIR.parent, modules)
+    assert not violations, ("pure-core rule (DESIGN.md) broken at import time:\n  " + "\n  ".join(violations))
+
+
+@pytest.mark.parametrize("forbidden", ["time", "threading", "socket", "sqlite3", "pynvml", "os"])
+def test_the_fresh_interpreter_check_sees_an_import_already_loaded_or_absent(tmp_path, forbidden):
+    # time and _thread are loaded by the interpreter itself before any import of ours; pynvml
+    # may not even be installed: each must still count.
+    root = _fake_package(tmp_path, {
+        "__init__.py": "",
+        "model.py": "import re\n",
+        "scheduler.py": "from . import model\nfrom . import helper\n",
+        "helper.py": "def f():\n    return 1\nimport %s\n" % forbidden,
+    })
+    violations = fresh_import_violations(root.parent, ["mgpu.scheduler"])
+    assert any(v.startswith("imports %s (from " % forbidden) and "helper.py:3" in v for v in violations), violations
+    assert fresh_import_violations(root.parent, ["mgpu.model"]) == []
 
 
 @pytest.mark.parametrize("module", sorted(IMPORT_OWNERS))
