@@ -9,6 +9,17 @@ Must not: import sockets, threads, time, sqlite3, pynvml or anything else that d
 import re
 import signal as _signal
 
+# Ranges of the numbers a job may ask for: the CLI's parsers and protocol.py's validation of
+# every request both check against these, so no value outside them is ever stored.
+MAX_SECONDS = 365 * 86400       # time limits and signal leads: 1 s .. 365 days
+MAX_PRIORITY = 1_000_000        # |priority| for root and operators (users: config's range)
+MAX_GPUS = 4096                 # GPUs a job may ask for: 0 .. MAX_GPUS
+MAX_GPU_INDEX = MAX_GPUS - 1    # a GPU id: 0 .. MAX_GPU_INDEX
+MAX_MEM_MB = 16 * 1024 * 1024   # memory per GPU: 1 MB .. 16 TiB
+MAX_JOB_ID = 2 ** 63 - 1        # job ids: 1 .. MAX_JOB_ID (an SQLite integer)
+MAX_SIGNAL = 64                 # signals: 1 .. 64, and only those this platform names
+MAX_PATH = 4096                 # UTF-8 bytes of a path (PATH_MAX), also once %j %u %x are expanded
+
 
 class JobState:
     PENDING = "PENDING"
@@ -206,29 +217,55 @@ class Job:
 # ---------------------------------------------------------------------------------------------
 # User-facing value formats
 
-_DURATION = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$")
-_MINSEC = re.compile(r"^(\d+):(\d{1,2})$")
+# ASCII digits only: `\d` and str.isdigit() also match other scripts' digits and superscripts.
+_DURATION = re.compile(r"^(?:([0-9]{1,6})-)?([0-9]{1,8}):([0-9]{1,2}):([0-9]{1,2})$")
+_MINSEC = re.compile(r"^([0-9]{1,10}):([0-9]{1,2})$")
+_SECONDS = re.compile(r"^[0-9]{1,12}$")
+_INTEGER = re.compile(r"^[+-]?[0-9]{1,30}$")
+
+
+def parse_int(text, what, low, high):
+    """An integer written in ASCII digits within [low, high]; ValueError (one line) otherwise."""
+    text = str(text).strip()
+    if not _INTEGER.match(text):
+        raise ValueError("bad %s %r: expected a whole number from %d to %d"
+                         % (what, _clip(text), low, high))
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError("%s %s is out of range: use %d to %d" % (what, _clip(text), low, high))
+    return value
+
+
+def _clip(text, limit=40):
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_duration(text):
-    """Seconds from `SECONDS`, `MM:SS`, `HH:MM:SS` or `D-HH:MM:SS`; ValueError otherwise."""
+    """Seconds from `SECONDS`, `MM:SS`, `HH:MM:SS` or `D-HH:MM:SS`, 1 .. MAX_SECONDS;
+    ValueError otherwise."""
     text = str(text).strip()
-    if text.isdigit():
+    if _SECONDS.match(text):
         seconds = int(text)
     else:
         m = _DURATION.match(text)
         if m:
             days, hours, minutes, secs = (int(g) if g else 0 for g in m.groups())
             if minutes > 59 or secs > 59:
-                raise ValueError("bad time %r: minutes and seconds must be below 60" % text)
+                raise ValueError("bad time %r: minutes and seconds must be below 60" % _clip(text))
             seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
         else:
             m = _MINSEC.match(text)
             if not m or int(m.group(2)) > 59:
-                raise ValueError("bad time %r: use SECONDS or [D-]HH:MM:SS" % text)
+                if text.isascii() and text.isdigit():
+                    raise ValueError("time %s is too long: at most %d seconds (365 days)"
+                                     % (_clip(text), MAX_SECONDS))
+                raise ValueError("bad time %r: use SECONDS or [D-]HH:MM:SS" % _clip(text))
             seconds = int(m.group(1)) * 60 + int(m.group(2))
     if seconds <= 0:
-        raise ValueError("bad time %r: must be above zero" % text)
+        raise ValueError("bad time %r: must be above zero" % _clip(text))
+    if seconds > MAX_SECONDS:
+        raise ValueError("time %s is too long: at most 365 days (%d seconds)"
+                         % (_clip(text), MAX_SECONDS))
     return seconds
 
 
@@ -251,22 +288,30 @@ DEFAULT_WARN_SIGNAL = "USR1"
 DEFAULT_WARN_SECONDS = 60
 
 
+def is_signal(number):
+    """True for a real signal: an int (not a bool) from 1 to MAX_SIGNAL that this platform names."""
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_SIGNAL:
+        return False
+    try:
+        _signal.Signals(number)
+    except ValueError:
+        return False
+    return True
+
+
 def signal_number(name):
     """A signal number from `USR1`, `SIGUSR1` or `10`; ValueError otherwise."""
     name = str(name).strip().upper()
-    if name.isdigit():
-        number = int(name)
-        try:
-            _signal.Signals(number)
-        except ValueError:
-            raise ValueError("unknown signal %s" % name) from None
-        return number
+    if name.isascii() and name.isdigit():
+        if len(name) > 3 or not is_signal(int(name)):
+            raise ValueError("unknown signal %s" % _clip(name))
+        return int(name)
     if not name.startswith("SIG"):
         name = "SIG" + name
-    try:
-        return int(getattr(_signal.Signals, name))
-    except AttributeError:
-        raise ValueError("unknown signal %s" % name) from None
+    member = _signal.Signals.__members__.get(name)
+    if member is None or not is_signal(int(member)):
+        raise ValueError("unknown signal %s" % _clip(name))
+    return int(member)
 
 
 def parse_signal_spec(text):
@@ -275,8 +320,11 @@ def parse_signal_spec(text):
     sig, _, secs = text.partition("@")
     number = signal_number(sig or DEFAULT_WARN_SIGNAL)
     if secs:
-        if not secs.isdigit() or int(secs) <= 0:
-            raise ValueError("bad --signal %r: the time after @ is whole seconds above zero" % text)
+        if not (secs.isascii() and secs.isdigit()) or not secs.strip("0"):
+            raise ValueError("bad --signal %r: the time after @ is whole seconds above zero" % _clip(text))
+        if len(secs) > 12 or int(secs) > MAX_SECONDS:
+            raise ValueError("bad --signal %r: the time after @ is at most %d seconds (365 days)"
+                             % (_clip(text), MAX_SECONDS))
         seconds = int(secs)
     else:
         seconds = DEFAULT_WARN_SECONDS
@@ -284,13 +332,20 @@ def parse_signal_spec(text):
 
 
 def parse_gpu_ids(text):
-    """`0,2` -> (0, 2): distinct non-negative integers."""
+    """`0,2` -> (0, 2): distinct integers from 0 to MAX_GPU_INDEX, at most MAX_GPUS of them."""
     ids = []
-    for part in str(text).split(","):
+    seen = set()
+    parts = str(text).split(",")
+    if len(parts) > MAX_GPUS:
+        raise ValueError("bad GPU id list: at most %d GPUs" % MAX_GPUS)
+    for part in parts:
         part = part.strip()
-        if not part.isdigit():
-            raise ValueError("bad GPU id list %r: use comma-separated indices like 0,2" % text)
-        if int(part) in ids:
-            raise ValueError("bad GPU id list %r: %s appears twice" % (text, part))
+        if not (part.isascii() and part.isdigit()):
+            raise ValueError("bad GPU id list %r: use comma-separated indices like 0,2" % _clip(str(text)))
+        if len(part) > 5 or int(part) > MAX_GPU_INDEX:
+            raise ValueError("bad GPU id list %r: GPU ids go from 0 to %d" % (_clip(str(text)), MAX_GPU_INDEX))
+        if int(part) in seen:
+            raise ValueError("bad GPU id list %r: %s appears twice" % (_clip(str(text)), part))
+        seen.add(int(part))
         ids.append(int(part))
     return tuple(ids)

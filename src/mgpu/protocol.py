@@ -5,6 +5,30 @@ Every request carries `v` (the protocol version) and `type`; every reply carries
 `result` or `error` (a stable code from errors.py) with a human `message`. A stream (attach) is a
 sequence of frames, each with a `type`, ending with an `end` frame.
 
+Input is bounded and validated here, before the daemon sees it: a frame is strict UTF-8 JSON
+(no NaN or Infinity, no lone surrogates in any string); a request keeps only the fields its type
+declares, each of its declared type (a bool is not an int, a float is never an int), every
+string in them free of NUL, and every number and size within its limit:
+
+    time_limit, warn_seconds   1 .. MAX_SECONDS (365 days)
+    priority                   -MAX_PRIORITY .. MAX_PRIORITY (users: the config's 0..max)
+    gpus                       0 .. MAX_GPUS
+    gpu_ids                    at most MAX_GPUS ids, each 0 .. MAX_GPU_INDEX (distinct:
+                               the controller)
+    mem_mb                     1 .. MAX_MEM_MB (16 TiB)
+    warn_signal                a real signal (model.is_signal)
+    umask                      0 .. 0o777
+    name                       at most MAX_NAME characters
+    command                    1 .. MAX_COMMAND_ARGS arguments, MAX_COMMAND_BYTES in all
+    env                        at most MAX_ENV_ENTRIES, keys non-empty, without '=', at most
+                               MAX_ENV_KEY characters
+    cwd, output, error         at most MAX_PATH bytes of UTF-8 (PATH_MAX), also after the
+                               master expands %j %u %x in output and error
+    env_setup                  at most MAX_ENV_SETUP bytes
+    queue user, state          at most MAX_FILTER characters
+    cancel ids                 at most MAX_CANCEL_IDS, each 1 .. MAX_JOB_ID
+    attach job_id              1 .. MAX_JOB_ID
+
 Owns: encoding, decoding and field validation of every message. Must not: touch sockets.
 """
 
@@ -12,12 +36,28 @@ import json
 
 from . import errors
 from .errors import MgpuError
+from .model import (MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY,
+                    MAX_SECONDS, is_signal)
 
 VERSION = 1
 MAX_FRAME = 1 << 20   # bytes, newline included: the most a daemon reads in one frame
 MAX_REPLY = 1 << 28   # the most a client reads in one frame (a queue of many jobs is large)
 
-_decoder = json.JSONDecoder()
+# Sizes of request fields (see the module docstring). Bounded so that nothing a user sends can
+# grow in the master (path expansion, the store, the launcher's input) beyond a few MB per job.
+# The number ranges (MAX_SECONDS, MAX_PATH, MAX_PRIORITY, MAX_GPUS, MAX_GPU_INDEX, MAX_MEM_MB, MAX_JOB_ID)
+# live in model.py, where the command line's parsers check them too.
+MAX_NAME = 256                   # characters of a job name
+MAX_COMMAND_ARGS = 4096          # arguments of a command
+MAX_COMMAND_BYTES = 256 * 1024   # UTF-8 bytes of a command, a NUL after each argument
+MAX_ENV_ENTRIES = 4096           # variables in a job's environment
+MAX_ENV_KEY = 1024               # characters of a variable's name
+# MAX_PATH (model.py): UTF-8 bytes of cwd, output and error (PATH_MAX), also once expanded.
+MAX_ENV_SETUP = 64 * 1024        # UTF-8 bytes of --env-setup-cmd
+MAX_FILTER = 256                 # characters of queue's user and state filters
+MAX_CANCEL_IDS = 10_000          # job ids in one cancel
+MAX_UMASK = 0o777
+
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -30,16 +70,78 @@ def encode(message):
     return data
 
 
+def _refuse_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def decode(line):
-    """The JSON object in one frame; MgpuError(BAD_REQUEST) for anything else."""
+    """The JSON object in one frame; MgpuError(BAD_REQUEST) for anything else, including a
+    string anywhere in it that is not valid Unicode (a lone surrogate)."""
     try:
         message = _decoder.decode(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise MgpuError(errors.BAD_REQUEST, "malformed frame: %s" % type(e).__name__
-                        if isinstance(e, RecursionError) else "malformed frame: %s" % e) from None
+                        if isinstance(e, RecursionError) else "malformed frame: %s" % _one_line(e)) from None
     if not isinstance(message, dict):
         raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
+    # Strict UTF-8 never decodes to a surrogate: only a \u escape can make one, so only frames
+    # with one need the walk.
+    if b"\\u" in line and not _strings_are(message, _no_surrogate):
+        raise MgpuError(errors.BAD_REQUEST, "malformed frame: a string is not valid Unicode "
+                        "(lone surrogate)")
     return message
+
+
+def _one_line(value, limit=200):
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _show(value, limit=40):
+    """A value from the wire, short enough to quote in an error message."""
+    text = repr(value) if isinstance(value, str) else _one_line(type(value).__name__ if isinstance(
+        value, (dict, list)) else value, limit)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _no_surrogate(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(text):
+    return "\0" not in text and _no_surrogate(text)
+
+
+def _strings_are(value, good):
+    """True when `good(s)` holds for every string in a JSON value, keys included. Iterative: a
+    deeply nested value cannot exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not good(item):
+                return False
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not good(key):
+                    return False
+                stack.append(child)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return True
+
+
+def valid_text(value):
+    """True when every string in `value` (any JSON value: str, list, dict keys and values) is
+    valid Unicode without NUL: what a request may store, and what a loaded record must hold."""
+    return _strings_are(value, _plain)
 
 
 def request(type_, **fields):
@@ -94,54 +196,143 @@ REQUESTS = {
     "ping": {},
 }
 
+# Integer fields: name -> (lowest, highest), both inclusive.
+INT_RANGES = {
+    "gpus": (0, MAX_GPUS),
+    "mem_mb": (1, MAX_MEM_MB),
+    "time_limit": (1, MAX_SECONDS),
+    "warn_seconds": (1, MAX_SECONDS),
+    "priority": (-MAX_PRIORITY, MAX_PRIORITY),
+    "umask": (0, MAX_UMASK),
+    "job_id": (1, MAX_JOB_ID),
+}
+
+# String fields: name -> (most, unit): characters ("chars") or UTF-8 bytes ("bytes").
+STR_LIMITS = {
+    "name": (MAX_NAME, "chars"),
+    "cwd": (MAX_PATH, "bytes"),
+    "output": (MAX_PATH, "bytes"),
+    "error": (MAX_PATH, "bytes"),
+    "env_setup": (MAX_ENV_SETUP, "bytes"),
+    "user": (MAX_FILTER, "chars"),
+    "state": (MAX_FILTER, "chars"),
+}
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad(type_, text):
+    raise MgpuError(errors.BAD_REQUEST, "%s: %s" % (type_, text))
+
+
+def _invalid(type_, text):
+    raise MgpuError(errors.INVALID_ARGUMENT, "%s: %s" % (type_, text))
+
 
 def check_request(message):
     """(type, fields) of a well-formed request; MgpuError otherwise."""
+    if not isinstance(message, dict):
+        raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
     version = message.get("v")
-    if version != VERSION:
+    if not _is_int(version) or version != VERSION:
         raise MgpuError(errors.VERSION_MISMATCH,
                         "protocol version mismatch: the daemon speaks %d, the client %s "
-                        "(use the same mgpu version on both sides)" % (VERSION, version))
+                        "(use the same mgpu version on both sides)" % (VERSION, _show(version)))
     type_ = message.get("type")
+    if type_ is not None and not isinstance(type_, str):
+        raise MgpuError(errors.BAD_REQUEST, "malformed request: its type must be a string, not %s"
+                        % type(type_).__name__)
     spec = REQUESTS.get(type_)
     if spec is None:
-        raise MgpuError(errors.UNKNOWN_TYPE, "unknown request type %r" % (type_,))
+        raise MgpuError(errors.UNKNOWN_TYPE, "unknown request type %s" % _show(type_))
     fields = {}
     for name, (types, required) in spec.items():
         if name not in message:
             if required:
-                raise MgpuError(errors.BAD_REQUEST, "%s: missing field %r" % (type_, name))
+                _bad(type_, "missing field %r" % name)
             continue
         value = message[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise MgpuError(errors.BAD_REQUEST, "%s: field %r has the wrong type" % (type_, name))
+            _bad(type_, "field %r has the wrong type" % name)
+        if isinstance(value, str):
+            _check_text(type_, name, value)
+        if _is_int(value) and name in INT_RANGES:
+            low, high = INT_RANGES[name]
+            if not low <= value <= high:
+                _invalid(type_, "%s must be from %d to %d" % (name, low, high))
         fields[name] = value
     if type_ == "submit":
         _check_submit(fields)
     elif type_ == "cancel":
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in fields.get("ids", ())):
-            raise MgpuError(errors.BAD_REQUEST, "cancel: ids must be job numbers")
+        _check_cancel(fields)
     return type_, fields
+
+
+def _check_text(type_, name, value):
+    if "\0" in value:
+        _bad(type_, "%s contains a NUL byte" % name)
+    if not _no_surrogate(value):
+        _bad(type_, "%s is not valid Unicode" % name)
+    limit = STR_LIMITS.get(name)
+    if limit is not None:
+        most, unit = limit
+        size = len(value) if unit == "chars" else _utf8_size(value, most)
+        if size > most:
+            _invalid(type_, "%s is too long: at most %d %s" % (
+                name, most, "characters" if unit == "chars" else "bytes"))
+
+
+def _utf8_size(text, most):
+    # A string of more than `most` characters has more than `most` bytes: no need to encode it.
+    return len(text) if len(text) > most else len(text.encode("utf-8"))
+
+
+def _check_cancel(fields):
+    ids = fields.get("ids", ())
+    if len(ids) > MAX_CANCEL_IDS:
+        _invalid("cancel", "at most %d job ids at once" % MAX_CANCEL_IDS)
+    if not all(_is_int(i) for i in ids):
+        _bad("cancel", "ids must be job numbers")
+    if not all(1 <= i <= MAX_JOB_ID for i in ids):
+        _invalid("cancel", "job ids go from 1 to %d" % MAX_JOB_ID)
 
 
 def _check_submit(fields):
     command = fields["command"]
     if not command or not all(isinstance(arg, str) for arg in command):
-        raise MgpuError(errors.BAD_REQUEST, "submit: command must be a non-empty list of strings")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in fields["env"].items()):
-        raise MgpuError(errors.BAD_REQUEST, "submit: env must map strings to strings")
-    if any("\0" in k or "\0" in v for k, v in fields["env"].items()):
-        raise MgpuError(errors.BAD_REQUEST, "submit: env contains a NUL byte")
+        _bad("submit", "command must be a non-empty list of strings")
+    if len(command) > MAX_COMMAND_ARGS:
+        _invalid("submit", "command has %d arguments: at most %d" % (len(command), MAX_COMMAND_ARGS))
+    if any("\0" in arg for arg in command):
+        _bad("submit", "command contains a NUL byte")
+    if not all(_no_surrogate(arg) for arg in command):
+        _bad("submit", "command is not valid Unicode")
+    if sum(_utf8_size(arg, MAX_COMMAND_BYTES) + 1 for arg in command) > MAX_COMMAND_BYTES:
+        _invalid("submit", "command is too long: at most %d bytes" % MAX_COMMAND_BYTES)
+    env = fields["env"]
+    if not all(isinstance(v, str) for v in env.values()):  # keys are strings in JSON
+        _bad("submit", "env must map strings to strings")
+    if len(env) > MAX_ENV_ENTRIES:
+        _invalid("submit", "env has %d variables: at most %d" % (len(env), MAX_ENV_ENTRIES))
+    if any("\0" in k or "\0" in v for k, v in env.items()):
+        _bad("submit", "env contains a NUL byte")
+    if not all(_no_surrogate(k) and _no_surrogate(v) for k, v in env.items()):
+        _bad("submit", "env is not valid Unicode")
+    for key in env:
+        if not key or "=" in key or len(key) > MAX_ENV_KEY:
+            _invalid("submit", "env: bad variable name %s (non-empty, no '=', at most %d "
+                     "characters)" % (_show(key), MAX_ENV_KEY))
     ids = fields.get("gpu_ids")
-    if ids is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise MgpuError(errors.BAD_REQUEST, "submit: gpu_ids must be GPU indices")
-    for name in ("gpus", "mem_mb", "time_limit", "warn_seconds"):
-        value = fields.get(name)
-        if value is not None and value < (0 if name == "gpus" else 1):
-            raise MgpuError(errors.INVALID_ARGUMENT, "submit: %s must be %s" % (
-                name, "0 or more" if name == "gpus" else "above 0"))
-    for name in ("command", "cwd", "output", "error", "env_setup", "name"):
-        value = fields.get(name)
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, str) and "\0" in v for v in values):
-            raise MgpuError(errors.BAD_REQUEST, "submit: %s contains a NUL byte" % name)
+    if ids is not None:
+        if len(ids) > MAX_GPUS:
+            _invalid("submit", "at most %d gpu_ids" % MAX_GPUS)
+        if not all(_is_int(i) and i >= 0 for i in ids):
+            _bad("submit", "gpu_ids must be GPU indices")
+        if not all(i <= MAX_GPU_INDEX for i in ids):
+            _invalid("submit", "gpu_ids go from 0 to %d" % MAX_GPU_INDEX)
+        # Distinct ids: the controller checks (and says so) along with the rest of the request.
+    signum = fields.get("warn_signal")
+    if signum is not None and not is_signal(signum):
+        _invalid("submit", "warn_signal %s is not a signal" % _show(signum))

@@ -231,3 +231,96 @@ def test_parse_gpu_ids(text, ids):
 def test_parse_gpu_ids_rejects_bad_lists(text):
     with pytest.raises(ValueError):
         parse_gpu_ids(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges: every parser refuses what protocol.py would refuse, with one line
+
+from mgpu import model  # noqa: E402
+
+
+def test_the_ranges():
+    assert model.MAX_SECONDS == 365 * 86400
+    assert model.MAX_GPUS == 4096 and model.MAX_GPU_INDEX == 4095
+    assert model.MAX_MEM_MB == 16 * 1024 * 1024 and model.MAX_JOB_ID == 2 ** 63 - 1
+    assert model.MAX_PRIORITY == 1_000_000 and model.MAX_PATH == 4096
+
+
+@pytest.mark.parametrize("text", [
+    "9" * 400, "9" * 13, str(model.MAX_SECONDS + 1), "366-00:00:00", "365-00:00:01",
+    "8761:00:00", "525601:00", "999999-00:00:00", "99999999:00:00",
+])
+def test_parse_duration_refuses_more_than_365_days(text):
+    with pytest.raises(ValueError) as raised:
+        parse_duration(text)
+    assert "\n" not in str(raised.value) and len(str(raised.value)) < 200
+
+
+@pytest.mark.parametrize("text", [str(model.MAX_SECONDS), "365-00:00:00", "8760:00:00", "525600:00"])
+def test_parse_duration_accepts_365_days(text):
+    assert parse_duration(text) == model.MAX_SECONDS
+
+
+@pytest.mark.parametrize("text", ["１２", "²", "١٢", "1:٣٠", "1_000", "+5"])
+def test_parse_duration_wants_ascii_digits(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["USR1@" + "9" * 400, "USR1@%d" % (model.MAX_SECONDS + 1), "USR1@00",
+                                  "USR1@²", "USR1@" + "9" * 5000, "9" * 400, "64" + "0" * 10])
+def test_parse_signal_spec_refuses_huge_or_odd_values(text):
+    with pytest.raises(ValueError) as raised:
+        parse_signal_spec(text)
+    assert len(str(raised.value)) < 200
+
+
+def test_parse_signal_spec_accepts_the_longest_lead():
+    assert parse_signal_spec("USR1@%d" % model.MAX_SECONDS) == (int(signal.SIGUSR1), model.MAX_SECONDS)
+
+
+@pytest.mark.parametrize("number,real", [
+    (1, True), (10, True), (15, True), (34, True), (64, True), (0, False), (-1, False),
+    (32, False), (35, False), (65, False), (999, False), (True, False), (10.0, False), ("10", False),
+    (None, False), (2 ** 70, False),
+])
+def test_is_signal(number, real):
+    assert model.is_signal(number) is real
+
+
+@pytest.mark.parametrize("name", ["SIGRTMIN", "RTMAX", "SIGIGNORE", "SIG_DFL", "DFL", "NSIG", "CTRL_C_EVENT"])
+def test_signal_number_knows_only_signals(name):
+    number = None
+    try:
+        number = signal_number(name)
+    except ValueError:
+        return
+    assert model.is_signal(number)
+
+
+@pytest.mark.parametrize("text", ["4096", "0,4096", ",".join(["1"] * 5000), "99999999999999999999",
+                                  ",".join(str(i) for i in range(4097)), "１"])
+def test_parse_gpu_ids_refuses_out_of_range_lists(text):
+    with pytest.raises(ValueError) as raised:
+        parse_gpu_ids(text)
+    assert len(str(raised.value)) < 200
+
+
+def test_parse_gpu_ids_accepts_the_largest_index_and_list():
+    assert parse_gpu_ids("4095") == (4095,)
+    assert len(parse_gpu_ids(",".join(str(i) for i in range(4096)))) == 4096
+
+
+@pytest.mark.parametrize("text,low,high,value", [
+    ("0", 0, 10, 0), ("10", 0, 10, 10), (" 5 ", 0, 10, 5), ("-3", -5, 5, -3), ("+3", -5, 5, 3),
+])
+def test_parse_int(text, low, high, value):
+    assert model.parse_int(text, "--x", low, high) == value
+
+
+@pytest.mark.parametrize("text", ["11", "-1", "1.0", "1e3", "", "x", "9" * 400, "１", "1_0", "0x1"])
+def test_parse_int_refuses_with_one_short_line(text):
+    with pytest.raises(ValueError) as raised:
+        model.parse_int(text, "--x", 0, 10)
+    message = str(raised.value)
+    assert "--x" in message and "\n" not in message and len(message) < 200

@@ -143,7 +143,7 @@ def test_a_version_mismatch_names_both_versions(version):
     assert str(protocol.VERSION) in text and str(version) in text
 
 
-@pytest.mark.parametrize("type_", ["reboot", "", None, 3, "_submit", "__class__"])
+@pytest.mark.parametrize("type_", ["reboot", "", None, "_submit", "__class__"])
 def test_unknown_types_are_refused(type_):
     message = {"v": protocol.VERSION}
     if type_ is not None:
@@ -367,3 +367,195 @@ def test_a_frame_trickled_slower_than_the_timeout_times_out(pair):
     finally:
         connection.close()
         thread.join(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds: every number has a range, every string a size, every string valid Unicode without NUL
+
+
+@pytest.mark.parametrize("field,low,high", [
+    ("gpus", 0, protocol.MAX_GPUS), ("mem_mb", 1, protocol.MAX_MEM_MB),
+    ("time_limit", 1, protocol.MAX_SECONDS), ("warn_seconds", 1, protocol.MAX_SECONDS),
+    ("priority", -protocol.MAX_PRIORITY, protocol.MAX_PRIORITY), ("umask", 0, 0o777),
+])
+def test_every_submit_number_has_a_range(field, low, high):
+    assert protocol.check_request(submit(**{field: low}))[1][field] == low
+    assert protocol.check_request(submit(**{field: high}))[1][field] == high
+    for value in (low - 1, high + 1, 10 ** 400, -10 ** 400):
+        text = check_fails(submit(**{field: value}), errors.INVALID_ARGUMENT)
+        assert field in text and len(text) < 200
+
+
+def test_time_limits_and_signal_leads_stop_at_365_days():
+    assert protocol.MAX_SECONDS == 365 * 86400
+
+
+@pytest.mark.parametrize("field", ["gpus", "mem_mb", "time_limit", "priority", "umask", "warn_seconds",
+                                   "warn_signal"])
+@pytest.mark.parametrize("value", [1.0, 1e400, float("nan"), "1", [1], {"a": 1}, True])
+def test_a_float_or_anything_else_where_an_int_is_expected_is_refused(field, value):
+    check_fails(submit(**{field: value}), errors.BAD_REQUEST)
+
+
+@pytest.mark.parametrize("frame", [b'{"v":1,"type":"ping","x":NaN}\n', b'{"v":1,"type":"ping","x":Infinity}\n',
+                                   b'{"v":1,"type":"ping","x":-Infinity}\n', b'{"v":NaN}\n'])
+def test_nan_and_infinity_are_not_json(frame):
+    with pytest.raises(MgpuError) as raised:
+        protocol.decode(frame)
+    assert code_of(raised) == errors.BAD_REQUEST
+
+
+def test_1e400_is_a_float_not_a_number_of_seconds():
+    message = protocol.decode(b'{"v":1,"type":"submit","command":["true"],"cwd":"/","env":{},"time_limit":1e400}\n')
+    check_fails(message, errors.BAD_REQUEST)
+
+
+def test_a_number_with_thousands_of_digits_is_a_malformed_frame_or_out_of_range():
+    for digits in (400, 5000):
+        frame = b'{"v":1,"type":"submit","command":["true"],"cwd":"/","env":{},"time_limit":%s}\n' % (
+            b"9" * digits)
+        try:
+            message = protocol.decode(frame)
+        except MgpuError as e:
+            assert e.code == errors.BAD_REQUEST and len(e.message) < 300
+            continue
+        check_fails(message, errors.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("signum", [0, -1, 32, 33, 35, 63, 65, 999, 2 ** 63])
+def test_warn_signal_must_be_a_real_signal(signum):
+    text = check_fails(submit(time_limit=60, warn_signal=signum), errors.INVALID_ARGUMENT)
+    assert "signal" in text
+
+
+@pytest.mark.parametrize("signum", [1, 9, 10, 12, 15, 34, 64])
+def test_real_signals_are_accepted(signum):
+    assert protocol.check_request(submit(time_limit=60, warn_signal=signum))[1]["warn_signal"] == signum
+
+
+def test_gpu_ids_are_bounded_in_value_and_number():
+    ids = list(range(protocol.MAX_GPUS))
+    assert protocol.check_request(submit(gpu_ids=ids))[1]["gpu_ids"] == ids
+    check_fails(submit(gpu_ids=ids + [0]), errors.INVALID_ARGUMENT)
+    check_fails(submit(gpu_ids=[protocol.MAX_GPU_INDEX + 1]), errors.INVALID_ARGUMENT)
+    check_fails(submit(gpu_ids=[10 ** 30]), errors.INVALID_ARGUMENT)
+    check_fails(submit(gpu_ids=[-1]), errors.BAD_REQUEST)
+
+
+def test_cancel_ids_are_bounded_in_value_and_number():
+    assert protocol.check_request(protocol.request("cancel", ids=[1, protocol.MAX_JOB_ID]))[1]["ids"] == [
+        1, protocol.MAX_JOB_ID]
+    for ids in ([0], [-1], [protocol.MAX_JOB_ID + 1], [10 ** 400], list(range(1, protocol.MAX_CANCEL_IDS + 2))):
+        check_fails(protocol.request("cancel", ids=ids), errors.INVALID_ARGUMENT)
+    check_fails(protocol.request("cancel", ids=[1.5]), errors.BAD_REQUEST)
+
+
+@pytest.mark.parametrize("job_id", [0, -1, protocol.MAX_JOB_ID + 1, 10 ** 400])
+def test_attach_job_id_is_bounded(job_id):
+    check_fails(protocol.request("attach", job_id=job_id), errors.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("field,most,unit", [
+    ("name", protocol.MAX_NAME, "c"), ("cwd", protocol.MAX_PATH, "b"), ("output", protocol.MAX_PATH, "b"),
+    ("error", protocol.MAX_PATH, "b"), ("env_setup", protocol.MAX_ENV_SETUP, "b"),
+])
+def test_every_submit_string_has_a_size(field, most, unit):
+    fill = "é" if unit == "c" else "a"
+    value = "/" + fill * (most - 1)
+    assert protocol.check_request(submit(**{field: value}))[1][field] == value
+    text = check_fails(submit(**{field: value + "a"}), errors.INVALID_ARGUMENT)
+    assert field in text and str(most) in text
+    if unit == "b":  # bytes, not characters: 2-byte characters count twice
+        check_fails(submit(**{field: "/" + "é" * (most // 2)}), errors.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("field", ["user", "state"])
+def test_queue_filters_have_a_size(field):
+    assert protocol.check_request(protocol.request("queue", **{field: "a" * protocol.MAX_FILTER}))
+    check_fails(protocol.request("queue", **{field: "a" * (protocol.MAX_FILTER + 1)}), errors.INVALID_ARGUMENT)
+    check_fails(protocol.request("cancel", user="a" * (protocol.MAX_FILTER + 1)), errors.INVALID_ARGUMENT)
+
+
+def test_the_command_is_bounded_in_arguments_and_bytes():
+    assert protocol.check_request(submit(command=["a"] * protocol.MAX_COMMAND_ARGS))
+    check_fails(submit(command=["a"] * (protocol.MAX_COMMAND_ARGS + 1)), errors.INVALID_ARGUMENT)
+    big = "a" * (protocol.MAX_COMMAND_BYTES // 2)
+    check_fails(submit(command=[big, big]), errors.INVALID_ARGUMENT)
+    assert protocol.check_request(submit(command=[big[:-1], big[:-1]]))
+
+
+def test_the_environment_is_bounded():
+    env = {"V%d" % i: "x" for i in range(protocol.MAX_ENV_ENTRIES)}
+    assert protocol.check_request(submit(env=env))
+    env["ONE_MORE"] = "x"
+    check_fails(submit(env=env), errors.INVALID_ARGUMENT)
+    assert protocol.check_request(submit(env={"K" * protocol.MAX_ENV_KEY: "x"}))
+    for key in ("K" * (protocol.MAX_ENV_KEY + 1), "A=B", ""):
+        check_fails(submit(env={key: "x"}), errors.INVALID_ARGUMENT)
+
+
+SURROGATE_FRAMES = [
+    b'{"v":1,"type":"submit","command":["true","\\ud800"],"cwd":"/","env":{}}',
+    b'{"v":1,"type":"submit","command":["true"],"cwd":"/","env":{},"name":"a\\udfffb"}',
+    b'{"v":1,"type":"submit","command":["true"],"cwd":"/","env":{"\\udc80":"x"}}',
+    b'{"v":1,"type":"submit","command":["true"],"cwd":"/","env":{"K":"\\ud83d"}}',
+    b'{"v":1,"type":"queue","user":"\\ud800"}',
+    b'{"v":1,"type":"ping","extra":[[{"deep":["\\udbff"]}]]}',
+    b'{"v":1,"type":"ping","\\ud800":1}',
+]
+
+
+@pytest.mark.parametrize("frame", SURROGATE_FRAMES)
+def test_a_lone_surrogate_anywhere_is_a_malformed_frame(frame):
+    with pytest.raises(MgpuError) as raised:
+        protocol.decode(frame + b"\n")
+    assert code_of(raised) == errors.BAD_REQUEST and "Unicode" in raised.value.message
+
+
+def test_escaped_but_valid_unicode_is_fine():
+    message = protocol.decode(b'{"v":1,"type":"submit","command":["echo","\\ud83d\\ude00","\\u00e9"],'
+                              b'"cwd":"/","env":{},"name":"\\\\ud800"}\n')
+    assert message["command"] == ["echo", "\U0001F600", "é"] and message["name"] == "\\ud800"
+    assert protocol.check_request(message)
+
+
+@pytest.mark.parametrize("fields", [{"user": "a\0b"}, {"state": "RUNNING\0"}])
+def test_nul_in_queue_filters_is_refused(fields):
+    check_fails(protocol.request("queue", **fields), errors.BAD_REQUEST)
+
+
+def test_valid_text_checks_every_string_keys_included():
+    assert protocol.valid_text({"a": ["b", {"c": "d"}], "n": 1, "f": None})
+    assert protocol.valid_text("plain ✓")
+    assert protocol.valid_text(None) and protocol.valid_text(3)
+    for bad in ("a\0", "\ud800", ["ok", "\udfff"], {"\ud800": 1}, {"k": {"k": ["\0"]}}, ("x", "\0")):
+        assert not protocol.valid_text(bad), bad
+    deep = "ok"
+    for _ in range(100000):
+        deep = [deep]
+    assert protocol.valid_text(deep)  # iterative: no recursion limit
+
+
+@pytest.mark.parametrize("type_", [3, 1.5, True, [], ["submit"], {}, {"a": 1}])
+def test_a_type_that_is_not_a_string_is_a_bad_request(type_):
+    message = {"v": protocol.VERSION, "type": type_}
+    text = check_fails(message, errors.BAD_REQUEST)
+    assert "type" in text
+
+
+def test_error_messages_quote_wire_values_briefly():
+    text = check_fails({"v": protocol.VERSION, "type": "x" * 100000}, errors.UNKNOWN_TYPE)
+    assert len(text) < 200
+    text = check_fails({"v": "x" * 100000, "type": "ping"}, errors.VERSION_MISMATCH)
+    assert len(text) < 300
+    text = check_fails({"v": [[1] * 1000], "type": "ping"}, errors.VERSION_MISMATCH)
+    assert len(text) < 300
+
+
+@pytest.mark.parametrize("version", [1.0, True])
+def test_the_version_is_the_integer_one_only(version):
+    check_fails({"v": version, "type": "ping"}, errors.VERSION_MISMATCH)
+
+
+def test_check_request_refuses_a_non_object():
+    check_fails([1, 2], errors.BAD_REQUEST)

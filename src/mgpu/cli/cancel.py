@@ -3,9 +3,13 @@
 import argparse
 import sys
 
+from mgpu import errors
 from mgpu.cli.common import Parser
 from mgpu.client import call
-from mgpu.errors import EXIT_ERROR
+from mgpu.errors import EXIT_ERROR, MgpuError
+from mgpu.model import MAX_JOB_ID
+
+MAX_IDS = 10_000  # job ids in one request (protocol.MAX_CANCEL_IDS)
 
 EXAMPLES = """examples:
   mgpu cancel 42                 cancel job 42
@@ -29,9 +33,14 @@ def main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     ids = []
+    if len(args.ids) > MAX_IDS:
+        raise MgpuError(errors.INVALID_ARGUMENT, "too many job ids: at most %d at once" % MAX_IDS)
     for text in args.ids:
-        if not text.isdigit():
-            parser.error("bad job id %r: job ids are numbers" % text)
+        if not (text.isascii() and text.isdigit()):
+            parser.error("bad job id %r: job ids are numbers" % text[:40])
+        if len(text) > 19 or not 1 <= int(text) <= MAX_JOB_ID:
+            raise MgpuError(errors.INVALID_ARGUMENT, "no such job %s: job ids go from 1 to %d"
+                            % (text[:40], MAX_JOB_ID))
         ids.append(int(text))
     if not ids and not args.user:
         parser.error("give job ids or --user USER")

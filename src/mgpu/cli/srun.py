@@ -8,7 +8,8 @@ from mgpu import bundle, errors
 from mgpu.cli.common import Parser
 from mgpu.client import Client
 from mgpu.errors import MgpuError
-from mgpu.model import parse_duration, parse_gpu_ids, parse_signal_spec
+from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_duration, parse_gpu_ids, parse_int,
+                        parse_signal_spec)
 
 STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
 
@@ -31,14 +32,14 @@ EXAMPLES = """examples:
 def build_parser():
     p = Parser(prog="mgpu srun", usage="mgpu srun [options] -- COMMAND [ARGS...]",
                description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpus", "-G", type=int, metavar="N", help="number of GPUs (default 1; 0 for none)")
+    p.add_argument("--gpus", "-G", metavar="N", help="number of GPUs (default 1; 0 for none)")
     p.add_argument("--gpu-ids", metavar="LIST", help="exact physical GPUs, e.g. 0,2 (as nvidia-smi numbers them)")
     p.add_argument("--mem", metavar="MB", help="memory per GPU (MB, or with a G suffix); a GPU may then be shared")
     p.add_argument("--time-limit", "-t", metavar="TIME", help="seconds or [D-]HH:MM:SS; SIGTERM then SIGKILL when reached")
     p.add_argument("--signal", nargs="?", const="", metavar="[SIG][@SECONDS]",
                    help="send SIG this long before the time limit so the job can checkpoint (default USR1@60)")
     p.add_argument("--requeue", action="store_true", help="on reaching the time limit, go back to the end of the queue")
-    p.add_argument("--priority", "-p", type=int, metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
+    p.add_argument("--priority", "-p", metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
     p.add_argument("--name", "-J", metavar="NAME", help="job name shown by 'mgpu queue'")
     p.add_argument("--chdir", "-D", metavar="DIR", help="working directory (default: the current one)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file; %%j is the job id (default ~/.mgpu/logs/%%j.out)")
@@ -52,14 +53,19 @@ def build_parser():
 
 
 def parse_mem(text):
+    """MB from `20000`, `20000M(B)` or `20G(B)`: 1 MB .. model.MAX_MEM_MB; ValueError otherwise."""
+    original = text
     text = text.strip().upper()
     factor = 1
     if text.endswith(("G", "GB")):
         factor, text = 1024, text.rstrip("B")[:-1]
     elif text.endswith(("M", "MB")):
         text = text.rstrip("B")[:-1]
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError("bad --mem %r: use MB (e.g. 20000) or GB with a G suffix (e.g. 20G)" % text)
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise ValueError("bad --mem %r: use MB (e.g. 20000) or GB with a G suffix (e.g. 20G)"
+                         % original[:40])
+    if len(text) > 12 or int(text) * factor > MAX_MEM_MB:
+        raise ValueError("--mem %s is too large: at most %d MB (16 TiB)" % (original[:40], MAX_MEM_MB))
     return int(text) * factor
 
 
@@ -71,14 +77,15 @@ def build_request(args, parser):
         parser.error("no command given: mgpu srun [options] -- COMMAND [ARGS...]")
     fields = {"command": command, "requeue": args.requeue, "interactive": args.interactive}
     try:
+        gpus = None if args.gpus is None else parse_int(args.gpus, "--gpus", 0, MAX_GPUS)
         if args.gpu_ids is not None:
             fields["gpu_ids"] = list(parse_gpu_ids(args.gpu_ids))
-            if args.gpus is not None and args.gpus != len(fields["gpu_ids"]):
-                raise ValueError("--gpus %d does not match --gpu-ids %s" % (args.gpus, args.gpu_ids))
-        if args.gpus is not None:
-            if args.gpus < 0:
-                raise ValueError("--gpus must be 0 or more")
-            fields["gpus"] = args.gpus
+            if gpus is not None and gpus != len(fields["gpu_ids"]):
+                raise ValueError("--gpus %d does not match --gpu-ids %s" % (gpus, args.gpu_ids))
+        if gpus is not None:
+            fields["gpus"] = gpus
+        if args.priority is not None:
+            fields["priority"] = parse_int(args.priority, "--priority", -MAX_PRIORITY, MAX_PRIORITY)
         if args.mem is not None:
             fields["mem_mb"] = parse_mem(args.mem)
         if args.time_limit is not None:
@@ -95,7 +102,7 @@ def build_request(args, parser):
         value = getattr(args, name)
         if value is not None:
             fields[name] = os.path.join(cwd, os.path.expanduser(value))
-    for name, value in (("priority", args.priority), ("name", args.name), ("env_setup", args.env_setup_cmd)):
+    for name, value in (("name", args.name), ("env_setup", args.env_setup_cmd)):
         if value is not None:
             fields[name] = value
     umask = os.umask(0o022)
