@@ -244,11 +244,12 @@ class Controller:
         if not cwd.startswith("/"):
             raise MgpuError(errors.INVALID_ARGUMENT, "the working directory must be an absolute path")
         logs = peer["home"].rstrip("/") + "/.mgpu/logs/"
-        output = self._expand(fields.get("output") or logs + "%j.out", job_id, user, fields.get("name"), cwd)
+        output = self._expand(fields.get("output") or logs + "%j.out", job_id, user, fields.get("name"),
+                              cwd, "--output")
         error = fields.get("error")
         if error is None and fields.get("interactive"):
             error = logs + "%j.err"
-        error = self._expand(error, job_id, user, fields.get("name"), cwd) if error else None
+        error = self._expand(error, job_id, user, fields.get("name"), cwd, "--error") if error else None
         job = Job(id=job_id, user=user, uid=uid, gid=peer["gid"], name=fields.get("name"),
                   command=fields["command"], cwd=cwd, output=output, error=error,
                   env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,
@@ -274,9 +275,22 @@ class Controller:
         ]
 
     @staticmethod
-    def _expand(path, job_id, user, name, cwd):
-        path = path.replace("%j", str(job_id)).replace("%u", user).replace("%x", name or "job")
-        return path if path.startswith("/") else cwd.rstrip("/") + "/" + path
+    def _expand(path, job_id, user, name, cwd, what="--output"):
+        """The path with %j, %u and %x filled in, under `cwd` when relative; refused when it
+        would be over PATH_MAX bytes, and before it is built when it would be over that many
+        characters (a long name times many %x must not grow the master)."""
+        from .model import MAX_PATH
+        name = name or "job"
+        chars = (len(path) + path.count("%j") * (len(str(job_id)) - 2)
+                 + path.count("%u") * (len(user) - 2) + path.count("%x") * (len(name) - 2)
+                 + (0 if path.startswith("/") else len(cwd) + 1))
+        if chars <= MAX_PATH:
+            path = path.replace("%j", str(job_id)).replace("%u", user).replace("%x", name)
+            path = path if path.startswith("/") else cwd.rstrip("/") + "/" + path
+        if chars > MAX_PATH or len(path.encode("utf-8", "surrogateescape")) > MAX_PATH:
+            raise MgpuError(errors.INVALID_ARGUMENT, "%s is too long once %%j, %%u and %%x are "
+                            "filled in: at most %d bytes" % (what, MAX_PATH))
+        return path
 
     def unsatisfiable(self, request):
         if request.gpus and not any(node.gpus for node in self.nodes.values()):
@@ -468,33 +482,45 @@ class Controller:
         return earliest
 
     def advance(self, now):
-        """Carry out everything that is due at `now`."""
+        """Carry out everything that is due at `now`. An error about one job is contained to it
+        (one log line per attempt): the others advance."""
         actions = []
         slice_ = self.settings.max_job_time
         crossed = False
+        failed = self.__dict__.setdefault("_advance_failed", {})  # job id -> attempt logged
         for job in list(self.running.values()):
-            if job.stop_cause is not None:
-                if job.stop_deadline is not None and now >= job.stop_deadline:
-                    job.stop_deadline = None
-                    actions.append(SignalJob(job.node, job.id, job.attempt, SIGKILL))
+            done = len(actions)
+            try:
+                if job.stop_cause is not None:
+                    if job.stop_deadline is not None and now >= job.stop_deadline:
+                        job.stop_deadline = None
+                        actions.append(SignalJob(job.node, job.id, job.attempt, SIGKILL))
+                        actions.append(Save(job))
+                        actions.append(Log("kill job %d: still running after the %gs grace, SIGKILL"
+                                           % (job.id, self.settings.kill_grace)))
+                    continue
+                end = job.end_estimate
+                if end is not None and now >= end:
+                    actions.extend(self._stop(job, "timeout", now, "reached its time limit"))
+                    continue
+                if (end is not None and job.warn_signal and not job.warned
+                        and now >= end - (job.warn_seconds or 0)):
+                    job.warned = True
+                    actions.append(SignalJob(job.node, job.id, job.attempt, job.warn_signal))
                     actions.append(Save(job))
-                    actions.append(Log("kill job %d: still running after the %gs grace, SIGKILL"
-                                       % (job.id, self.settings.kill_grace)))
-                continue
-            end = job.end_estimate
-            if end is not None and now >= end:
-                actions.extend(self._stop(job, "timeout", now, "reached its time limit"))
-                continue
-            if (end is not None and job.warn_signal and not job.warned
-                    and now >= end - (job.warn_seconds or 0)):
-                job.warned = True
-                actions.append(SignalJob(job.node, job.id, job.attempt, job.warn_signal))
-                actions.append(Save(job))
-                actions.append(Log("warn job %d: signal %s, %s before its time limit" % (
-                    job.id, _signal_name(job.warn_signal), format_duration(end - now))))
-            if slice_ and job.id not in self._over_slice and now >= job.start_time + slice_:
-                self._over_slice.add(job.id)
-                crossed = True
+                    actions.append(Log("warn job %d: signal %s, %s before its time limit" % (
+                        job.id, _signal_name(job.warn_signal), format_duration(end - now))))
+                if slice_ and job.id not in self._over_slice and now >= job.start_time + slice_:
+                    self._over_slice.add(job.id)
+                    crossed = True
+            except Exception as e:
+                del actions[done:]
+                if failed.get(job.id) != job.attempt:
+                    failed[job.id] = job.attempt
+                    actions.append(Log("internal error advancing job %s: %s: %s"
+                                       % (job.id, type(e).__name__, e)))
+        for job_id in [i for i in failed if i not in self.running]:
+            del failed[job_id]
         if crossed:
             self.dirty = True  # the next pass looks for jobs to switch out
         return actions
@@ -502,7 +528,12 @@ class Controller:
     # -- scheduling -------------------------------------------------------------------------
 
     def schedule(self, now):
-        """One scheduler pass, if anything changed since the last one."""
+        """One scheduler pass, if anything changed since the last one.
+
+        A pass that raises is retried job by job: a job that makes it raise on its own is held
+        (it stays PENDING, out of later passes, its reason says why; one log line) and the pass
+        goes on for everyone else."""
+        held = self.__dict__.setdefault("held", {})  # job id -> reason, for pending jobs only
         full = self.dirty
         if full:
             candidates = list(self.pending.values())
@@ -515,10 +546,36 @@ class Controller:
             return []
         self.dirty = False
         self._new_jobs = []
+        for job_id in [i for i in held if i not in self.pending]:
+            del held[job_id]
+        if held:
+            candidates = [job for job in candidates if job.id not in held]
         nodes = list(self.nodes.values())
-        result = scheduler.schedule(candidates, nodes, list(self.running.values()), now, self.settings.policy)
-        self._head = result.head
+        running = list(self.running.values())
+        policy = self.settings.policy
         actions = []
+        try:
+            result = scheduler.schedule(candidates, nodes, running, now, policy)
+        except Exception as e:
+            failure = e
+            scheduler.schedule([], nodes, running, now, policy)  # raises if no job is to blame
+            for job in candidates:
+                try:
+                    if not (isinstance(job.priority, int) and isinstance(job.queue_seq, int)):
+                        raise TypeError("priority %r, queue_seq %r" % (job.priority, job.queue_seq))
+                    scheduler.schedule([job], nodes, running, now, policy)
+                except Exception as e:
+                    held[job.id] = reason = "held: internal error while scheduling: %s: %s" % (
+                        type(e).__name__, e)
+                    job.reason = reason
+                    actions.append(Log("hold job %s: internal error while scheduling: %s: %s"
+                                       % (job.id, type(e).__name__, e)))
+            if not actions:
+                raise failure
+            self._positions_valid = False
+            candidates = [job for job in candidates if job.id not in held]
+            result = scheduler.schedule(candidates, nodes, running, now, policy)
+        self._head = result.head
         for job, allocation in result.starts:
             actions.append(self._start(job, allocation, now))
             actions.append(Launch(job))
@@ -528,8 +585,13 @@ class Controller:
             self.waiting = result.waiting
         else:
             self.waiting.update(result.waiting)
+        self.waiting.update(held)
         if self.settings.max_job_time and self.pending:
-            actions.extend(self._switch_out(now, nodes))
+            try:
+                actions.extend(self._switch_out(now, nodes))
+            except Exception as e:  # the starts above stand: they are already decided
+                actions.append(Log("internal error choosing jobs to switch out: %s: %s"
+                                   % (type(e).__name__, e)))
         return actions
 
     def positions(self):

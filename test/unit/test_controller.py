@@ -968,3 +968,115 @@ def test_a_rebuilt_controller_keeps_a_requeued_job_behind_those_that_waited():
     assert [r["id"] for r in queue(rebuilt)["jobs"]] == others + [first]
     assert [a.job.id for a in rebuilt.schedule(T0 + 4) if isinstance(a, Launch)] == [others[0]]
     assert rebuilt.jobs[first].restarts == 1
+
+
+# -- bounded paths, and one bad job cannot stop the queue ---------------------------------------
+
+
+def test_an_output_path_too_long_once_expanded_is_refused_before_it_is_built():
+    c = make()
+    message = refused(submit(c, name="n" * 256, output="/tmp/" + "%x" * 1400), errors.INVALID_ARGUMENT)
+    assert "--output" in message and "4096" in message
+    message = refused(submit(c, name="n" * 256, error="/tmp/" + "%x" * 20), errors.INVALID_ARGUMENT)
+    assert "--error" in message
+    # Characters within the limit, UTF-8 bytes over it.
+    refused(submit(c, name="é" * 256, output="/tmp/" + "%x" * 8), errors.INVALID_ARGUMENT)
+    # A relative path counts the working directory too.
+    refused(submit(c, output="a" * (4096 - len("/home/alice/work/") + 1)), errors.INVALID_ARGUMENT)
+    assert c.jobs == {}
+    exactly = "/tmp/" + "%x" * 15 + "a" * (4096 - 5 - 15 * 256)
+    result = reply(submit(c, name="n" * 256, output=exactly))["result"]
+    assert len(result["output"]) == 4096
+    assert reply(submit(c, output="a" * (4096 - len("/home/alice/work/"))))["ok"]
+
+
+def _corrupt(c, job_id, **fields):
+    for name, value in fields.items():
+        setattr(c.jobs[job_id], name, value)
+
+
+@pytest.mark.parametrize("corruption", [{"mem_mb": "lots"}, {"gpus": "two"}, {"gpu_ids": (object(),)},
+                                        {"time_limit": 10 ** 400}],
+                         ids=lambda f: next(iter(f)))
+def test_a_job_that_breaks_the_scheduler_is_held_and_the_others_start(corruption):
+    c = make(gpus=3)
+    first = submitted(c, now=T0)
+    bad = submitted(c, now=T0 + 1, gpus=1)
+    others = [submitted(c, now=T0 + 2), submitted(c, now=T0 + 3)]
+    last = submitted(c, now=T0 + 4)
+    _corrupt(c, bad, **corruption)
+    c.dirty = True
+    actions = c.schedule(T0 + 5)
+    started = [a.job.id for a in actions if isinstance(a, Launch)]
+    assert started == [first] + others  # three GPUs: the bad one is held, the last waits
+    holds = [a for a in actions if isinstance(a, Log) and "hold job %d" % bad in a.line]
+    assert len(holds) == 1 and "internal error while scheduling" in holds[0].line
+    assert c.jobs[bad].state == PENDING
+    rows = rows_by_id(c)
+    assert rows[bad]["reason"].startswith("held: internal error while scheduling: ")
+    assert rows[last]["state"] == PENDING and not rows[last]["reason"].startswith("held")
+    # Later passes leave the held job out, without another log line; the others go on.
+    assert exited(c, first, T0 + 6)[0] == Saved(first, COMPLETED, ANY)
+    actions = c.schedule(T0 + 6)
+    assert [a.job.id for a in actions if isinstance(a, Launch)] == [last]
+    assert not [a for a in actions if isinstance(a, Log) and "hold" in a.line]
+    assert c.jobs[bad].state == PENDING
+    assert rows_by_id(c)[bad]["reason"].startswith("held: ")
+    # A held job can still be cancelled, and then it is forgotten.
+    assert reply(cancel(c, ids=[bad]))["result"]["results"][0]["result"] == "cancelled"
+    c.dirty = True
+    c.schedule(T0 + 7)
+    assert bad not in c.held
+
+
+def test_a_job_whose_priority_breaks_the_queue_order_is_held():
+    c = make(gpus=2)
+    first = submitted(c, now=T0)
+    bad = submitted(c, now=T0 + 1)
+    second = submitted(c, now=T0 + 2)
+    _corrupt(c, bad, priority="high")
+    c.dirty = True
+    actions = c.schedule(T0 + 3)
+    assert [a.job.id for a in actions if isinstance(a, Launch)] == [first, second]
+    assert any(isinstance(a, Log) and "hold job %d" % bad in a.line for a in actions)
+    assert c.held[bad].startswith("held: internal error while scheduling: TypeError")
+
+
+def test_a_new_job_that_breaks_the_scheduler_is_held_on_the_quick_pass_too():
+    c = make(gpus=2)
+    c.schedule(T0)
+    bad = submitted(c, now=T0)
+    good = submitted(c, now=T0 + 1)
+    _corrupt(c, bad, mem_mb="lots")
+    assert not c.dirty
+    actions = c.schedule(T0 + 1)
+    assert [a.job.id for a in actions if isinstance(a, Launch)] == [good]
+    assert any(isinstance(a, Log) and "hold job %d" % bad in a.line for a in actions)
+
+
+def test_a_scheduler_failure_no_pending_job_explains_is_raised():
+    c = make(gpus=2)
+    running = running_job(c)
+    submitted(c, now=T0 + 1)
+    _corrupt(c, running, time_limit="soon", start_time=T0)
+    c.dirty = True
+    with pytest.raises(TypeError):
+        c.schedule(T0 + 2)
+    assert not c.held  # no pending job was blamed for a running job's fault
+
+
+def test_an_error_advancing_one_job_is_contained_to_it():
+    c = make(gpus=3)
+    first = running_job(c, time_limit=60)
+    bad = running_job(c, time_limit=60)
+    last = running_job(c, time_limit=60)
+    _corrupt(c, bad, time_limit="sixty")
+    actions = c.advance(T0 + 60)
+    signalled = [a.job_id for a in actions if isinstance(a, SignalJob)]
+    assert signalled == [first, last]
+    errors_logged = [a.line for a in actions if isinstance(a, Log) and "internal error" in a.line]
+    assert len(errors_logged) == 1 and "job %d" % bad in errors_logged[0] and "TypeError" in errors_logged[0]
+    # One line per attempt, not one per call; the others still advance.
+    actions = c.advance(T0 + 71)
+    assert [a.job_id for a in actions if isinstance(a, SignalJob)] == [first, last]
+    assert not [a for a in actions if isinstance(a, Log) and "internal error" in a.line]
