@@ -39,12 +39,15 @@ def test_cancel_ends_the_whole_process_tree(cluster):
     script = "%s1 & setsid %s2 & wait" % (marker, marker)
     job = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c", script)
     cluster.wait_state(job, "RUNNING")
-    wait_for(lambda: process_alive(marker + "1") and process_alive(marker + "2"), what="job processes")
+    # Whole command lines: the shell's own command line names both sleeps.
+    child, escaped = "^%s1$" % marker, "^%s2$" % marker
+    wait_for(lambda: process_alive(child) and process_alive(escaped), what="job processes")
     cluster.run(ALICE, "cancel", job)
     ended = cluster.wait_state(job, "CANCELLED")
     assert ended["exit_code"] is not None
-    assert not process_alive(marker + "1")
-    assert not process_alive(marker + "2")
+    assert not process_alive(child)
+    assert not process_alive(escaped)
+    assert not process_alive(marker)  # nor the shell
     assert cluster.queue()["nodes"][0]["gpus"][0]["jobs"] == []
 
 
