@@ -15,6 +15,7 @@ With MGPU_BIN=dist/mgpu the CLI and master are the binary instead of `python -m 
 import argparse
 import multiprocessing
 import os
+import pwd
 import shutil
 import signal
 import statistics
@@ -116,6 +117,23 @@ def wait_all_done(timeout=600):
         time.sleep(0.05)  # a poll lists every active job: polling faster would load the master
 
 
+def cancel_all_and_wait(timeout=60):
+    """End every job this bench started through its master, and wait until none is active: a
+    job is final only once its processes are gone (the bench never signals a process by name:
+    that would reach other people's processes on a shared machine)."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    mgpu_client.call("cancel", user=me, ids=[])
+    deadline = time.monotonic() + timeout
+    while True:
+        active = mgpu_client.call("queue", state="PENDING,RUNNING")["jobs"]
+        if not active:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("bench jobs still active %d s after their cancel: %s" % (
+                timeout, ", ".join(str(j["id"]) for j in active[:20])))
+        time.sleep(0.1)
+
+
 def finished_count(state="COMPLETED"):
     return len(mgpu_client.call("queue", state=state)["jobs"])
 
@@ -177,25 +195,32 @@ def main():
 
     # 3 and 4. A queue held up by a job on all GPUs.
     master = Master(os.path.join(workdir, "m2"))
+    try:
+        held_queue(master, args, output_dir)
+    finally:
+        # Leave no bench jobs behind: a stopped master leaves running jobs to their supervisors.
+        cancel_all_and_wait()
+        master.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def held_queue(master, args, output_dir):
+    """Sections 3 and 4: a queue held up by a job on all GPUs."""
     time.sleep(0.5)
     idle = master.rss_mb()
     _submit_worker((master.socket, 1, ["sleep", "3600"], output_dir, 8))
     taken, _ = submit_concurrently(master, 1000, args.clients, ["true"], output_dir)
     med, best = median_ms(CLI + ["queue"], master.env)
     print("  3.  mgpu queue with 1,000 pending jobs         %7.1f ms median (best %.1f)" % (med, best))
-    more = args.pending - 1000
+    more = max(args.pending - 1000, args.clients)
     taken, _ = submit_concurrently(master, more, args.clients, ["true"], output_dir)
-    print("  4.  submit rate, %d more while %d pending  %7.0f jobs/s" % (more, 1000, more / taken))
+    print("  4.  submissions at the master, queue blocked (%d more while %d pending)\n"
+          "      submit rate at the master                 %7.0f jobs/s" % (more, 1000, more / taken))
     time.sleep(0.5)
     print("      master RSS idle                           %7.1f MB" % idle)
-    print("      master RSS with %d pending jobs         %7.1f MB" % (args.pending, master.rss_mb()))
+    print("      master RSS with %d pending jobs         %7.1f MB" % (1000 + more, master.rss_mb()))
     med, best = median_ms(CLI + ["queue"], master.env, runs=5)
-    print("      mgpu queue with %d pending jobs         %7.1f ms median" % (args.pending, med))
-    mgpu_client.call("cancel", user=None, ids=[])
-    master.stop()
-    # Leave no bench jobs behind: the blocker and the pending jobs end with their master's queue.
-    subprocess.run(["pkill", "-f", "sleep 3600"], capture_output=True)
-    shutil.rmtree(workdir, ignore_errors=True)
+    print("      mgpu queue with %d pending jobs         %7.1f ms median" % (1000 + more, med))
 
 
 if __name__ == "__main__":
