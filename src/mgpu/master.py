@@ -5,12 +5,22 @@ Owns: threads, the clock, the order "store first, then act", and resolving a pee
 user. Must not: make decisions (the controller does) or speak SQL, spawn or signal (store,
 launcher via the node agent).
 
+One master per state directory: an exclusive flock on `STATE/master.lock`, held for the master's
+life and inherited by its launcher helper (so a restarted master waits until the old helper has
+handed every queued launch to a supervisor, which records its intent before it lets go).
+
+When the store cannot be written (a full disk), the master degrades instead of exiting: new
+submits are refused with one line, no job is started, `queue` and `cancel` keep working, changes
+are kept in memory and written as soon as the database accepts them again.
+
 Threads: the main thread runs the loop and alone touches the controller and the store. One
 thread per connection reads requests, posts them to the loop and waits for the reply; a stream
 (attach) thread receives job updates from the loop through its own queue and reads the job's
 output files. The node agent's threads post supervisor events to the same loop.
 """
 
+import errno
+import fcntl
 import os
 import pwd
 import queue
@@ -35,6 +45,9 @@ STREAM_POLL_PENDING = 0.5
 STREAM_KEEPALIVE = 30.0     # a waiting stream sends a frame at least this often
 OUTPUT_CHUNK = 65536
 
+LOCK_WAIT = 15.0            # how long a starting master waits for a stopped master's helper
+STORE_RETRY = 1.0           # how often a degraded master tries to write its state again
+
 _SHUTDOWN = {"kind": "shutdown"}
 
 
@@ -45,10 +58,50 @@ def log(*lines):
 
 
 class _PendingReply:
-    __slots__ = ("queue",)
+    __slots__ = ("queue", "type")
 
-    def __init__(self):
+    def __init__(self, type_=None):
         self.queue = queue.SimpleQueue()
+        self.type = type_
+
+
+def lock_state_dir(state_dir, wait=LOCK_WAIT):
+    """An fd holding the exclusive lock of `state_dir` (created 0700), with our pid written in
+    it; MgpuError naming the holder when another master has it."""
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(state_dir, "master.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
+                raise
+        holder = _lock_holder(fd)
+        if holder is not None and _alive(holder) or time.monotonic() > deadline:
+            os.close(fd)
+            who = ("another mgpu master (pid %d)" % holder if holder is not None and _alive(holder)
+                   else "a process left by a stopped master (pid %s)" % holder)
+            raise MgpuError(errors.UNAVAILABLE, "the state directory %s is in use by %s: one master per "
+                            "state directory; stop it first or use another --state-dir" % (state_dir, who))
+        time.sleep(0.05)  # the previous master's launcher helper is handing over its last jobs
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    return fd
+
+
+def _lock_holder(fd):
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid):
+    return os.path.exists("/proc/%d" % pid)
 
 
 class _Watcher:
@@ -68,15 +121,18 @@ class Master:
         self.events = queue.SimpleQueue()
         uid = os.getuid()
         self.single_user = uid != 0
+        self.lock_fd = lock_state_dir(config.state_dir)
         inventory, self.inventory_line = open_inventory(config.fake_gpus)
         # Forks the launcher helper: before any thread and before the database is opened.
-        self.agent = NodeAgent(config.node_name, inventory, config.state_dir, self.events.put)
+        self.agent = NodeAgent(config.node_name, inventory, config.state_dir, self.events.put,
+                               lock_fd=self.lock_fd)
         self.links = {self.agent.name: LocalNodeLink(self.agent)}
         try:
             self.store = Store(config.state_dir)
         except StoreError as e:
             raise MgpuError(errors.INTERNAL, str(e)) from None
         active, finished, next_id, next_seq = self.store.load(config.keep_finished)
+        self.set_aside = list(self.store.set_aside)
         owner = _account(uid) if self.single_user else None
         settings = ctl.Settings(
             policy=config.policy, max_user_priority=config.max_user_priority,
@@ -86,9 +142,18 @@ class Master:
             owner_uid=uid if self.single_user else None,
             owner_name=owner[0] if owner else None, keep_finished=config.keep_finished)
         self.controller = ctl.Controller(settings, finished + active, next_id, next_seq)
-        self.server = transport.unix_server(config.socket, self._serve_connection, log)
+        self.server = transport.unix_server(config.socket, self._serve_connection, log,
+                                            max_connections=config.max_connections,
+                                            max_connections_per_user=config.max_connections_per_user)
         self.watchers = {}
         self.counts = (len(active), len(finished))
+        # Degraded mode (the store cannot be written): what is not stored yet.
+        self.degraded = False
+        self._unsaved = {}
+        self._unsaved_envs = {}
+        self._unsaved_transitions = []
+        self._held_releases = []
+        self._next_store_retry = 0.0
 
     @staticmethod
     def _operator_uids(names):
@@ -112,13 +177,10 @@ class Master:
         if active or finished:
             log("restored %d active and %d finished jobs; next job id %d"
                 % (active, finished, self.controller.next_id))
+        if self.set_aside:
+            log(*self.set_aside)
         self.events.put(dict(self.agent.info(), kind="node_up"))
-        here = [j for j in self.controller.running.values() if j.node == self.agent.name]
-        elsewhere = [j for j in self.controller.running.values() if j.node != self.agent.name]
-        self.agent.adopt(here)
-        for job in elsewhere:
-            self.events.put({"kind": "job_lost", "node": job.node, "job_id": job.id, "attempt": job.attempt,
-                             "started": True, "reason": "its node %s is not part of this cluster" % job.node})
+        self._adopt_running()
         self.agent.start()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: self.events.put(_SHUTDOWN))
@@ -140,6 +202,27 @@ class Master:
         else:
             log("master stopped")
         return 0
+
+    def _adopt_running(self):
+        """Hand the jobs the store says are running to the node that runs them. A job whose
+        supervisor's record lies in this host's state directory runs here, even if the host
+        had another name when it started (the master was restarted with another --node-name)."""
+        c, here, elsewhere = self.controller, [], []
+        renamed = []
+        for job in list(c.running.values()):
+            if job.node == self.agent.name:
+                here.append(job)
+            elif os.path.exists(self.agent.record_path(job.id, job.attempt)):
+                renamed.append(job)
+                here.append(job)
+            else:
+                elsewhere.append(job)
+        if renamed:
+            self._carry_out(c.rehome([j.id for j in renamed], self.agent.name, time.time()))
+        self.agent.adopt(here)
+        for job in elsewhere:
+            self.events.put({"kind": "job_lost", "node": job.node, "job_id": job.id, "attempt": job.attempt,
+                             "started": True, "reason": "its node %s is not part of this cluster" % job.node})
 
     def _loop(self):
         c = self.controller
@@ -164,6 +247,9 @@ class Master:
                 if kind == "watch":
                     self._add_watcher(event["watcher"])
                     continue
+                if self.degraded and kind == "request" and event["type"] == "submit":
+                    event["token"].queue.put(protocol.error(errors.UNAVAILABLE, self._degraded_line()))
+                    continue
                 try:
                     actions.extend(c.handle(event, now))
                 except Exception as e:  # a bug must not take the queue down
@@ -171,28 +257,32 @@ class Master:
                     if kind == "request":
                         actions.append(ctl.Reply(event["token"], protocol.error(
                             errors.INTERNAL, "internal error: %s" % e)))
-            for step in (c.advance, c.schedule):
+            steps = (c.advance,) if self.degraded else (c.advance, c.schedule)  # no starts unstored
+            for step in steps:
                 try:
                     actions.extend(step(now))
                 except Exception as e:  # keep serving; the next change retries the pass
                     c.dirty = False
                     log("internal error in %s: %s: %s" % (step.__name__, type(e).__name__, e))
-            if actions or batch:
+            if actions or batch or (self._unsaved and time.monotonic() >= self._next_store_retry):
                 self._carry_out(actions)
 
     def _carry_out(self, actions):
-        saves = {}
-        envs, transitions = [], []
+        """Store what the actions change (one transaction), then carry them out. Nothing that
+        depends on a change is done before the change is stored."""
         for action in actions:
             if type(action) is ctl.Save:
-                saves[action.job.id] = action.job
+                job = action.job
+                self._unsaved[job.id] = job
                 if action.env is not None:
-                    envs.append((action.job.id, action.env))
+                    self._unsaved_envs[job.id] = action.env
                 if action.transition is not None:
-                    transitions.append(action.transition)
-        if saves or envs or transitions:
-            c = self.controller
-            self.store.write(list(saves.values()), envs, transitions, c.next_id, c.next_seq)
+                    self._unsaved_transitions.append(action.transition)
+        stored = True
+        if self._unsaved or self._unsaved_transitions:
+            stored = self._write_unsaved()
+        if not stored:
+            actions = self._hold_back(actions)
         lines = []
         for action in actions:
             kind = type(action)
@@ -202,15 +292,77 @@ class Master:
                 job = action.job
                 self.links[job.node].start_job(job, self.store.job_env(job.id))
             elif kind is ctl.SignalJob:
-                self.links[action.node].signal_job(action.job_id, action.attempt, action.signum)
+                link = self.links.get(action.node)
+                if link is not None:
+                    link.signal_job(action.job_id, action.attempt, action.signum)
             elif kind is ctl.Release:
-                self.links[action.node].release(action.job_id, action.attempt)
+                link = self.links.get(action.node)
+                if link is not None:
+                    link.release(action.job_id, action.attempt)
             elif kind is ctl.Log:
                 lines.append(action.line)
         if lines:
             log(*lines)
         if self.watchers and actions:
             self._update_watchers()
+
+    # -- a store that cannot be written -------------------------------------------------------
+
+    def _write_unsaved(self):
+        c = self.controller
+        try:
+            self.store.write(list(self._unsaved.values()), list(self._unsaved_envs.items()),
+                             self._unsaved_transitions, c.next_id, c.next_seq)
+        except StoreError as e:
+            self._next_store_retry = time.monotonic() + STORE_RETRY
+            if not self.degraded:
+                self.degraded = True
+                log("%s; new jobs are refused and none is started until it can be written "
+                    "(queue and cancel keep working)" % e)
+            return False
+        self._unsaved, self._unsaved_envs, self._unsaved_transitions = {}, {}, []
+        if self.degraded:
+            self.degraded = False
+            c.dirty = True
+            log("the state database can be written again: accepting and starting jobs")
+            for node, job_id, attempt in self._held_releases:
+                link = self.links.get(node)
+                if link is not None:
+                    link.release(job_id, attempt)
+            self._held_releases = []
+        return True
+
+    def _hold_back(self, actions):
+        """The actions that may go ahead while their changes are not stored: no acknowledged
+        submit, no launch, no release of a job's record (it speaks for the job after a restart);
+        signals (cancel, time limits) still reach the jobs."""
+        c, now, kept = self.controller, time.time(), []
+        for action in actions:
+            kind = type(action)
+            if kind is ctl.Reply and action.token.type == "submit" and action.message.get("ok"):
+                job_id = action.message["result"]["job_id"]
+                c.withdraw(job_id)
+                self._unsaved.pop(job_id, None)
+                self._unsaved_envs.pop(job_id, None)
+                self._unsaved_transitions = [t for t in self._unsaved_transitions if t.job_id != job_id]
+                kept.append(ctl.Reply(action.token, protocol.error(errors.UNAVAILABLE, self._degraded_line())))
+            elif kind is ctl.Launch:
+                for step in c.unstart(action.job.id, now, "not started: the state database cannot be written"):
+                    if type(step) is ctl.Save:
+                        self._unsaved[step.job.id] = step.job
+                        if step.transition is not None:
+                            self._unsaved_transitions.append(step.transition)
+                    else:
+                        kept.append(step)
+            elif kind is ctl.Release:
+                self._held_releases.append((action.node, action.job_id, action.attempt))
+            else:
+                kept.append(action)
+        return kept
+
+    def _degraded_line(self):
+        return ("the master cannot write its state database in %s (disk full?): new jobs are refused "
+                "until it can; queue and cancel still work" % self.config.state_dir)
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -264,7 +416,7 @@ class Master:
         if account is None:
             return protocol.error(errors.PERMISSION_DENIED,
                                   "your uid %d has no account on this host (not in the passwd database)" % peer.uid)
-        token = _PendingReply()
+        token = _PendingReply(type_)
         self.events.put({"kind": "request", "type": type_, "fields": fields, "token": token,
                          "peer": {"uid": peer.uid, "gid": account[1], "user": account[0], "home": account[2]}})
         try:
@@ -341,8 +493,13 @@ class Master:
 
 
 def _send_quietly(connection, message):
+    """Send a reply; False when the client is gone. A reply too large to send becomes an error
+    reply."""
     try:
-        connection.send(message)
+        try:
+            connection.send(message)
+        except MgpuError as e:
+            connection.send(protocol.error_from(e))
         return True
     except OSError:
         return False

@@ -62,6 +62,13 @@ def _check_value(value, depth=0):
         raise ValueError("unexpected %s" % type(value).__name__)
 
 
+# Fields that must be whole numbers (or null) in a loaded record.
+_INT_FIELDS = ("id", "uid", "gid", "gpus", "mem_mb", "time_limit", "priority", "warn_signal",
+               "warn_seconds", "queue_seq", "exit_code", "attempt", "restarts", "sup_pid", "sup_start",
+               "pgid", "umask")
+_NUMBER_FIELDS = ("submit_time", "start_time", "end_time", "stop_deadline")
+
+
 def _load_job(record):
     """A Job from its stored record; ValueError (or another exception) when it is not one."""
     fields = json.loads(record)
@@ -69,6 +76,14 @@ def _load_job(record):
         raise ValueError("not a JSON object")
     for value in fields.values():
         _check_value(value)
+    for name in _INT_FIELDS:
+        value = fields.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("%s is not a whole number" % name)
+    for name in _NUMBER_FIELDS:
+        value = fields.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError("%s is not a number" % name)
     job = Job.from_dict(fields)
     if not isinstance(job.id, int) or job.state not in JobState.ALL:
         raise ValueError("no valid id or state")
