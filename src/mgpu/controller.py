@@ -143,6 +143,8 @@ class Controller:
         self._positions = {}
         self._positions_valid = False
         self._over_slice = set()  # running jobs past the time slice (checked on each pass)
+        self.held = {}            # pending job id -> why no pass considers it (an internal error)
+        self._advance_failed = {}  # running job id -> attempt whose error advance() logged
         for job in sorted(jobs, key=lambda j: j.id):
             self._track(job)
 
@@ -467,16 +469,20 @@ class Controller:
         earliest = None
         slice_ = self.settings.max_job_time
         for job in self.running.values():
-            if job.stop_cause is not None:
-                due = job.stop_deadline
-            else:
-                due = job.end_estimate
-                if due is not None and job.warn_signal and not job.warned:
-                    due -= job.warn_seconds or 0
-                if slice_ and job.id not in self._over_slice:
-                    crossing = job.start_time + slice_
-                    if due is None or crossing < due:
-                        due = crossing
+            try:
+                if job.stop_cause is not None:
+                    due = job.stop_deadline
+                else:
+                    due = job.end_estimate
+                    if due is not None and job.warn_signal and not job.warned:
+                        due -= job.warn_seconds or 0
+                    if slice_ and job.id not in self._over_slice:
+                        crossing = job.start_time + slice_
+                        if due is None or crossing < due:
+                            due = crossing
+                due = None if due is None else float(due)
+            except Exception:  # advance() reports it, once
+                continue
             if due is not None and (earliest is None or due < earliest):
                 earliest = due
         return earliest
@@ -487,7 +493,7 @@ class Controller:
         actions = []
         slice_ = self.settings.max_job_time
         crossed = False
-        failed = self.__dict__.setdefault("_advance_failed", {})  # job id -> attempt logged
+        failed = self._advance_failed
         for job in list(self.running.values()):
             done = len(actions)
             try:
@@ -533,7 +539,7 @@ class Controller:
         A pass that raises is retried job by job: a job that makes it raise on its own is held
         (it stays PENDING, out of later passes, its reason says why; one log line) and the pass
         goes on for everyone else."""
-        held = self.__dict__.setdefault("held", {})  # job id -> reason, for pending jobs only
+        held = self.held
         full = self.dirty
         if full:
             candidates = list(self.pending.values())
@@ -660,6 +666,41 @@ class Controller:
                              "external_mb": gpu.external_mb, "jobs": [j.id for j in jobs]})
             rows.append({"name": node.name, "state": node.state, "gpus": gpus})
         return rows
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def rehome(self, job_ids, node, now):
+        """Running jobs whose supervisors are on this host, which had another name when they
+        started: they run on `node` now."""
+        actions = []
+        for job_id in job_ids:
+            job = self.running.get(job_id)
+            if job is not None and job.node != node:
+                actions.append(Log("job %d ran on node %s: this host is now called %s" % (job.id, job.node, node)))
+                job.node = node
+                actions.append(Save(job))
+        self.dirty = True
+        return actions
+
+    def withdraw(self, job_id):
+        """Forget a submission that could not be stored (its submitter is told so)."""
+        job = self.pending.pop(job_id, None)
+        if job is not None:
+            self.jobs.pop(job_id, None)
+            self._new_jobs = [j for j in self._new_jobs if j.id != job_id]
+            self._positions_valid = False
+            self.waiting.pop(job_id, None)
+
+    def unstart(self, job_id, now, reason):
+        """Take back a start whose record could not be stored: the job was not launched and
+        waits again, at its place in the queue."""
+        job = self.running.get(job_id)
+        if job is None:
+            return []
+        seq = job.queue_seq
+        save = self._move(job, JobState.PENDING, now, reason, "store")
+        job.queue_seq = seq
+        return [save, Log("job %d not started: %s" % (job.id, reason))]
 
 
 def _signal_name(signum):
