@@ -1,7 +1,8 @@
 """Endpoints and connections: UNIX sockets, peer credentials, framed reads with limits.
 
 Owns: every socket of mgpu, the read timeout and size limit on each frame, and the threaded
-server that hands each connection to a handler. Must not: know what messages mean.
+server that hands each connection to a handler, within a cap on open connections (in all and
+per user). Must not: know what messages mean.
 """
 
 import os
@@ -11,10 +12,14 @@ import stat
 import struct
 import time
 
-from . import errors, protocol
+from . import errors, paths, protocol
 from .errors import MgpuError
 
 CONNECT_TIMEOUT = 5.0
+SEND_TIMEOUT = 60.0         # the most one frame may take to go out to a slow reader
+LISTEN_BACKLOG = 256        # connections waiting for accept(); clients wait for room (see connect_unix)
+BUSY = "too many connections to the master"   # how a refusal over the cap starts
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused connections
 FIRST_READ_TIMEOUT = 10.0   # a client must say something this soon after connecting
 IDLE_READ_TIMEOUT = 60.0    # between requests on a kept connection
 REPLY_TIMEOUT = 60.0        # a client waits this long for a reply
@@ -42,9 +47,11 @@ class Connection:
         self._buffer = bytearray()
 
     def send(self, message):
-        self.sock.sendall(protocol.encode(message))
+        self.send_raw(protocol.encode(message))
 
     def send_raw(self, frame):
+        # A read leaves the socket's timeout at what was left of its deadline; a send gets its own.
+        self.sock.settimeout(SEND_TIMEOUT)
         self.sock.sendall(frame)
 
     def read(self, timeout):
@@ -109,15 +116,28 @@ class Connection:
 
 
 def connect_unix(path, timeout=CONNECT_TIMEOUT):
-    """A client's connection: it reads replies up to protocol.MAX_REPLY."""
+    """A client's connection: it reads replies up to protocol.MAX_REPLY.
+
+    The connect blocks, bounded by SO_SNDTIMEO: with a Python socket timeout the socket would
+    connect non-blocking, and a UNIX socket whose listen backlog is full then fails at once
+    with EAGAIN instead of waiting for room. After `timeout` it fails with EAGAIN."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
+        seconds = max(float(timeout), 0.001)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(seconds), int((seconds % 1) * 1e6)))
         sock.connect(path)
+        sock.settimeout(timeout)  # every later operation has a deadline too
     except OSError:
         sock.close()
         raise
     return Connection(sock, protocol.MAX_REPLY)
+
+
+def is_busy_refusal(reply):
+    """True for the frame a server sends instead of serving a connection over its cap."""
+    return (isinstance(reply, dict) and reply.get("ok") is False and reply.get("error") == errors.UNAVAILABLE
+            and str(reply.get("message", "")).startswith(BUSY))
 
 
 def socket_in_use(path):
@@ -129,18 +149,23 @@ def socket_in_use(path):
         return False
 
 
-def unix_server(path, serve_connection, log):
+def unix_server(path, serve_connection, log, max_connections=1024, max_connections_per_user=128):
     """A threaded UNIX socket server any local user can connect to; authorisation is by the
     peer's uid, read from the kernel, never by the socket's permissions. `serve_connection(
-    connection, peer)` runs in a thread per connection. (socketserver and threading are
-    imported here, not at module level: client roles never pay for them.)"""
+    connection, peer)` runs in a thread per connection, for at most `max_connections` at once
+    and `max_connections_per_user` of one uid (root's count against the first only); a
+    connection over the cap gets one `unavailable` frame and is closed, without a thread.
+    (socketserver and threading are imported here, not at module level: client roles never
+    pay for them.)"""
     import socketserver
+    import threading
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
             connection = Connection(self.request)
             try:
-                self.server.serve_connection(connection, peer_credentials(self.request))
+                # client_address carries the peer's credentials, read once at accept time.
+                self.server.serve_connection(connection, self.client_address)
             except Exception as e:  # never let one connection take the server down
                 self.server.log_error_line("connection error: %s: %s" % (type(e).__name__, e))
             finally:
@@ -148,7 +173,73 @@ def unix_server(path, serve_connection, log):
 
     class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         daemon_threads = True
-        request_queue_size = 512
+        request_queue_size = max(16, min(LISTEN_BACKLOG, max_connections))
+
+        def __init__(self, *args):
+            self.limits_lock = threading.Lock()
+            self.open_connections = 0
+            self.open_by_uid = {}
+            self.refused_since_log = 0
+            self.last_refusal_log = 0.0
+            super().__init__(*args)
+
+        def process_request(self, request, client_address):
+            """At accept time, before any thread: admit the connection or refuse it."""
+            try:
+                peer = peer_credentials(request)
+            except OSError:
+                self.shutdown_request(request)
+                return
+            refusal = self.admit(peer.uid)
+            if refusal is None:
+                try:
+                    threading.Thread(target=self.process_request_thread, args=(request, peer),
+                                     daemon=True).start()
+                    return
+                except RuntimeError:  # the host cannot start another thread
+                    self.release(peer.uid)
+                    refusal = "%s (no thread could be started); try again" % BUSY
+            self.refuse(request, peer, refusal)
+
+        def process_request_thread(self, request, peer):
+            try:
+                super().process_request_thread(request, peer)
+            finally:
+                self.release(peer.uid)
+
+        def admit(self, uid):
+            with self.limits_lock:
+                if self.open_connections >= max_connections:
+                    return "%s (%d open); try again" % (BUSY, self.open_connections)
+                mine = self.open_by_uid.get(uid, 0)
+                if uid != 0 and mine >= max_connections_per_user:
+                    return "%s from your user (%d open); close some and try again" % (BUSY, mine)
+                self.open_connections += 1
+                self.open_by_uid[uid] = mine + 1
+                return None
+
+        def release(self, uid):
+            with self.limits_lock:
+                self.open_connections -= 1
+                left = self.open_by_uid[uid] - 1
+                if left:
+                    self.open_by_uid[uid] = left
+                else:
+                    del self.open_by_uid[uid]
+
+        def refuse(self, request, peer, message):
+            try:  # a new connection's send buffer is empty: one small frame never blocks
+                request.send(protocol.encode(protocol.error(errors.UNAVAILABLE, message)), socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            self.refused_since_log += 1
+            now = time.monotonic()
+            if now - self.last_refusal_log >= REFUSAL_LOG_INTERVAL:
+                log("connection limit: refused %d connection(s), the last from %s: %s"
+                    % (self.refused_since_log, paths.describe_uid(peer.uid), message))
+                self.refused_since_log = 0
+                self.last_refusal_log = now
 
         def handle_error(self, request, client_address):
             pass  # handled and logged in Handler
@@ -159,18 +250,62 @@ def unix_server(path, serve_connection, log):
             except FileNotFoundError:
                 pass
 
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    if os.getuid() == 0 or os.stat(directory).st_uid == os.getuid():
-        # Other users must reach the socket to be told who may use this daemon.
-        os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o111)
-    if os.path.exists(path) or os.path.islink(path):
-        if socket_in_use(path):
-            raise MgpuError(errors.UNAVAILABLE, "another daemon is already serving on %s" % path)
-        os.unlink(path)
+    _prepare_socket_path(path)
+    _allow_open_files(max_connections)
     server = UnixServer(path, Handler)
     server.path = path
     server.serve_connection = serve_connection
     server.log_error_line = log
     os.chmod(path, 0o666)
     return server
+
+
+def _prepare_socket_path(path):
+    """Make sure no one but root or this daemon's user can replace the socket at `path`, and
+    clear a stale socket there; MgpuError with one line otherwise. Never removes anything
+    but a socket nobody serves."""
+    uid = os.getuid()
+    directory = os.path.abspath(os.path.dirname(path) or ".")
+    per_user = uid != 0 and directory in [os.path.abspath(d) for d in paths.user_socket_dirs(uid)]
+    if not os.path.lexists(directory):
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        try:
+            os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o711 if per_user else 0o755)
+        except FileExistsError:
+            pass  # someone else's: examined below
+    problem = paths.socket_directory_problem(directory, uid, per_user)
+    if problem:
+        raise MgpuError(errors.PERMISSION_DENIED, "refusing to serve on %s: %s; fix or remove it, or choose "
+                        "another --socket" % (path, problem))
+    if os.stat(directory).st_uid == uid:
+        # Other users must reach the socket to be told who may use this daemon.
+        os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o111)
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(found.st_mode):
+        kind = ("symlink" if stat.S_ISLNK(found.st_mode) else "directory" if stat.S_ISDIR(found.st_mode)
+                else "regular file" if stat.S_ISREG(found.st_mode) else "file that is not a socket")
+        raise MgpuError(errors.UNAVAILABLE, "refusing to serve on %s: a %s of %s is there, not a stale socket; "
+                        "remove it if it is not needed, or choose another --socket"
+                        % (path, kind, paths.describe_uid(found.st_uid)))
+    if socket_in_use(path):
+        raise MgpuError(errors.UNAVAILABLE, "another daemon is already serving on %s" % path)
+    os.unlink(path)
+
+
+def _allow_open_files(max_connections):
+    """Raise the soft limit on open files to fit the connection cap (the hard limit allowing):
+    at the limit accept() would fail and the server spin instead of refusing politely."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+        except (ValueError, OSError):
+            pass

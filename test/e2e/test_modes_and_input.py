@@ -19,12 +19,14 @@ def test_single_user_mode_runs_the_owners_jobs_and_refuses_others(make_cluster):
     result = cluster.run(ALICE, "srun", "-i", "-q", "--gpus", "1", "--", "id", "-u")
     assert result.returncode == 0, result.stderr + cluster.master.log
     assert result.stdout.strip() == str(user_ids(ALICE)[0])
+    # Bob's client sees that the socket is served by alice, not root, and sends it nothing.
     for args in (("srun", "--", "true"), ("queue",), ("cancel", "1")):
         refused = cluster.run(BOB, *args)
         assert refused.returncode == 1
-        assert refused.stderr.strip() == (
-            "mgpu: this mgpu master runs in single-user mode for %s (it was started without root); "
-            "it serves only %s" % (ALICE, ALICE))
+        assert refused.stderr.startswith(
+            "mgpu: refusing to use the mgpu socket %s: it is served by %s (uid %d), not by root or by you"
+            % (cluster.master.socket, ALICE, user_ids(ALICE)[0])), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
     assert [j["user"] for j in cluster.queue(ALICE)["jobs"]] == [ALICE]
 
 

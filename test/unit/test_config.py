@@ -50,6 +50,18 @@ def test_defaults_for_root():
     assert c.node_name and "." not in c.node_name
 
 
+def test_connection_caps_default_to_1024_in_all_and_128_per_user():
+    c = load(uid=0)
+    assert (c.max_connections, c.max_connections_per_user) == (1024, 128)
+    assert load(overrides={"max_connections": "16", "max_connections_per_user": 4}).as_dict()[
+        "max_connections"] == 16
+
+
+def test_connection_caps_come_from_the_file(tmp_path):
+    c = load(write(tmp_path, "max_connections_per_user: 16\n"))
+    assert (c.max_connections, c.max_connections_per_user) == (1024, 16)
+
+
 def test_defaults_for_a_user(tmp_path):
     c = load(uid=1000)
     assert c.socket == "/tmp/mgpu-1000/mgpu.sock"
@@ -102,13 +114,15 @@ def test_every_option_can_come_from_the_file(tmp_path):
     c = load(write(tmp_path, "\n".join([
         "socket: /s.sock", "state_dir: /state", "fake_gpus: '2:1000'", "max_job_time: '1:00:00'",
         "max_user_priority: 5", "kill_grace: 2.5", "policy: spread", "operators: [alice, bob]",
-        "allow_root_jobs: true", "node_name: gpu7", "keep_finished: 50", ""])))
+        "allow_root_jobs: true", "node_name: gpu7", "keep_finished: 50", "max_connections: 64",
+        "max_connections_per_user: 8", ""])))
     assert c.as_dict() == {
         "socket": "/s.sock", "state_dir": "/state",
         "fake_gpus": [{"index": i, "name": "Fake GPU", "uuid": "GPU-fake-%04d" % i, "memory_mb": 1000,
                        "external_mb": 0} for i in range(2)],
         "max_job_time": 3600, "max_user_priority": 5, "kill_grace": 2.5, "policy": "spread",
-        "operators": ("alice", "bob"), "allow_root_jobs": True, "node_name": "gpu7", "keep_finished": 50}
+        "operators": ("alice", "bob"), "allow_root_jobs": True, "node_name": "gpu7", "keep_finished": 50,
+        "max_connections": 64, "max_connections_per_user": 8}
     assert set(c.as_dict()) == set(config.OPTIONS)
 
 
@@ -179,6 +193,10 @@ def test_fake_gpus_as_a_list_with_external_use(tmp_path):
     ({"operators": 5}, "operators"),
     ({"operators": ["alice", 3]}, "operators"),
     ({"allow_root_jobs": "sure"}, "allow_root_jobs"),
+    ({"max_connections": 0}, "max_connections"),
+    ({"max_connections": "lots"}, "max_connections"),
+    ({"max_connections_per_user": -3}, "max_connections_per_user"),
+    ({"max_connections_per_user": 0}, "max_connections_per_user"),
 ])
 def test_bad_values_are_one_line_naming_the_option(overrides, option):
     message = fails(overrides=overrides)

@@ -1,9 +1,35 @@
-"""Tables and JSON for what the client shows."""
+"""Tables and JSON for what the client shows.
+
+Every text a user chose (job name, command, reason, user, node and GPU names) goes through
+`text()`: other users see it in their terminals, so control characters (terminal escapes,
+newlines, C1 controls) and other invisible or unencodable characters are shown as visible
+escapes (`\\x1b`, `\\n`, `\\u0085`). JSON output stays exact: json.dumps escapes them itself.
+"""
 
 import json
 import time
 
 from mgpu.model import format_duration
+
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def text(value):
+    """`value` as one line of harmless printable text."""
+    value = str(value)
+    if value.isprintable():  # the common case: nothing to escape
+        return value
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in value)
+
+
+def _escape(ch):
+    named = _NAMED_ESCAPES.get(ch)
+    if named:
+        return named
+    code = ord(ch)
+    if code < 0x80:
+        return "\\x%02x" % code
+    return "\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code
 
 
 def table(headers, rows):
@@ -20,13 +46,12 @@ def table(headers, rows):
 
 
 def gpus_cell(job):
-    count = job["gpus"]
-    text = str(count)
+    cell = str(job["gpus"])
     if job["gpu_ids"]:
-        text += " (%s)" % ",".join(map(str, job["gpu_ids"]))
+        cell += " (%s)" % ",".join(map(str, job["gpu_ids"]))
     if job.get("mem_mb"):
-        text += " x%dM" % job["mem_mb"]
-    return text
+        cell += " x%dM" % job["mem_mb"]
+    return cell
 
 
 def elapsed(job, now):
@@ -39,13 +64,13 @@ def elapsed(job, now):
 def where_or_why(job):
     state = job["state"]
     if state == "PENDING":
-        return "(%s)" % (job.get("reason") or "waiting")
+        return "(%s)" % text(job.get("reason") or "waiting")
     if state == "RUNNING":
-        text = "%s:%s" % (job["node"], ",".join(map(str, job["gpu_ids"])) or "-")
+        cell = "%s:%s" % (text(job["node"]), ",".join(map(str, job["gpu_ids"])) or "-")
         if job.get("stopping"):
-            text += " (stopping: %s)" % (job.get("reason") or "")
-        return text
-    return job.get("reason") or ""
+            cell += " (stopping: %s)" % text(job.get("reason") or "")
+        return cell
+    return text(job.get("reason") or "")
 
 
 def jobs_table(jobs, now, show_exit):
@@ -55,11 +80,11 @@ def jobs_table(jobs, now, show_exit):
     headers += ["NAME", "NODE:GPUS (REASON)"]
     rows = []
     for job in jobs:
-        row = [str(job["id"]), job["user"], job["state"], str(job["priority"]), gpus_cell(job),
+        row = [str(job["id"]), text(job["user"]), text(job["state"]), str(job["priority"]), gpus_cell(job),
                elapsed(job, now), format_duration(job["time_limit"])]
         if show_exit:
             row.append("" if job["exit_code"] is None else str(job["exit_code"]))
-        name = job.get("name") or " ".join(job["command"])
+        name = text(job.get("name") or " ".join(map(str, job["command"])))
         row += [name if len(name) <= 40 else name[:37] + "...", where_or_why(job)]
         rows.append(row)
     return table(headers, rows)
@@ -73,15 +98,19 @@ def gpus_table(nodes):
             memory = "%d/%d" % (gpu["reserved_mb"], gpu["memory_mb"])
             if gpu.get("external_mb"):
                 memory += " (+%d used outside mgpu)" % gpu["external_mb"]
-            rows.append([node["name"] if node["state"] == "UP" else "%s (%s)" % (node["name"], node["state"]),
-                         str(gpu["index"]), gpu["name"], memory, ",".join(map(str, gpu["jobs"])) or "-"])
+            node_cell = text(node["name"]) if node["state"] == "UP" else "%s (%s)" % (
+                text(node["name"]), text(node["state"]))
+            rows.append([node_cell, str(gpu["index"]), text(gpu["name"]), memory,
+                         ",".join(map(str, gpu["jobs"])) or "-"])
         if not node["gpus"]:
-            rows.append([node["name"], "-", "(no GPUs)", "-", "-"])
+            rows.append([text(node["name"]), "-", "(no GPUs)", "-", "-"])
     return table(headers, rows)
 
 
 def as_json(result):
-    return json.dumps({"jobs": result["jobs"], "nodes": result["nodes"]}, indent=2)
+    # ensure_ascii (the default) writes every control and non-ASCII character as a \\u escape:
+    # exact for a JSON reader, harmless in a terminal.
+    return json.dumps({"jobs": result["jobs"], "nodes": result["nodes"]}, indent=2, ensure_ascii=True)
 
 
 def now_of(result):

@@ -1,0 +1,73 @@
+"""What `mgpu queue` shows other users: every text a user chose is one line of visible,
+harmless characters; --json stays exact."""
+
+import json
+
+import pytest
+
+from mgpu.cli import render
+
+HOSTILE = "\x1b[2J\x1b]0;pwn\x07evil\nline"
+
+
+def job(**fields):
+    base = {"id": 7, "user": "alice", "state": "PENDING", "priority": 0, "gpus": 1, "gpu_ids": [],
+            "mem_mb": None, "start_time": None, "end_time": None, "time_limit": None, "exit_code": None,
+            "name": None, "command": ["python", "train.py"], "reason": "waiting for GPUs", "node": None}
+    base.update(fields)
+    return base
+
+
+def raw_controls(text):
+    return [ch for ch in text if (ord(ch) < 0x20 and ch != "\n") or 0x7F <= ord(ch) <= 0x9F]
+
+
+@pytest.mark.parametrize("raw,shown", [
+    ("plain name", "plain name"),
+    ("\x1b[2J", "\\x1b[2J"),
+    ("\x1b]0;pwn\x07", "\\x1b]0;pwn\\x07"),
+    ("a\nb\rc\td", "a\\nb\\rc\\td"),
+    ("\x00\x7f", "\\x00\\x7f"),
+    ("\x85\x9b", "\\u0085\\u009b"),                  # C1 controls (NEL, CSI)
+    ("\u2028\u202e\u200b", "\\u2028\\u202e\\u200b"),  # line separator, bidi override, zero width
+    ("\ud800", "\\ud800"),                            # a lone surrogate would not even encode
+    ("été 日本 🚀", "été 日本 🚀"),
+])
+def test_text_escapes_controls_and_keeps_printable_text(raw, shown):
+    assert render.text(raw) == shown
+
+
+def test_a_hostile_name_and_command_are_escaped_in_the_jobs_table():
+    jobs = [job(name=HOSTILE), job(id=8, command=["echo", "\x1b[31mred\x9b"], reason="\x1b[1Areason\n"),
+            job(id=9, state="RUNNING", node="gpu\x1b1", gpu_ids=[0], start_time=0)]
+    table = render.jobs_table(jobs, 100, False)
+    assert not raw_controls(table)
+    lines = table.split("\n")
+    assert len(lines) == 4  # header + one line per job: no newline inside a cell
+    assert "\\x1b[2J\\x1b]0;pwn\\x07evil\\nline" in lines[1]
+    assert "echo \\x1b[31mred\\u009b" in lines[2] and "(\\x1b[1Areason\\n)" in lines[2]
+    assert "gpu\\x1b1:0" in lines[3]
+
+
+def test_a_long_escaped_name_is_cut_without_raw_controls():
+    table = render.jobs_table([job(name="\x1b" * 100)], 100, False)
+    assert not raw_controls(table) and "\\x1b\\x1b" in table and "..." in table
+
+
+def test_user_node_and_gpu_names_are_escaped_in_the_gpus_table():
+    nodes = [{"name": "n\x1b]0;x\x07", "state": "UP", "gpus": [
+        {"index": 0, "name": "GPU\n\x1b[2J", "reserved_mb": 0, "memory_mb": 100, "external_mb": 0, "jobs": []}]},
+        {"name": "down\x85", "state": "DOWN", "gpus": []}]
+    table = render.gpus_table(nodes)
+    assert not raw_controls(table)
+    assert "n\\x1b]0;x\\x07" in table and "GPU\\n\\x1b[2J" in table and "down\\u0085" in table
+    assert len(table.split("\n")) == 3
+    assert "\\x1b" in render.jobs_table([job(user="bad\x1buser")], 0, False)
+
+
+def test_json_is_exact_and_has_no_raw_controls():
+    jobs = [job(name=HOSTILE + "\x85\ud800", command=["echo", "\x1b"])]
+    out = render.as_json({"jobs": jobs, "nodes": []})
+    assert not raw_controls(out) and "\x1b" not in out
+    assert json.loads(out)["jobs"][0]["name"] == HOSTILE + "\x85\ud800"
+    assert json.loads(out)["jobs"][0]["command"] == ["echo", "\x1b"]
