@@ -1,8 +1,9 @@
 """The one-file binary's unpack-once cache (build-config/launcher.sh): the first run of a build
 unpacks it into a private cache directory, later runs exec() the unpacked program directly; a
-cache directory that another user owns, or that group or others may write, is refused; racing
-first runs all succeed; an upgrade unpacks beside a running daemon. Runs only against the
-binary (MGPU_BIN), as root with the real test users."""
+cache directory that another user owns, or that group or others may write, is refused, also once
+filled (the fast path); the archive is never unpacked unchecked, whichever sha256 tool the host
+has or lacks; racing first runs all succeed; an upgrade unpacks beside a running daemon. Runs
+only against the binary (MGPU_BIN), as root with the real test users."""
 
 import os
 import pwd
@@ -202,6 +203,127 @@ def test_a_cache_writable_by_group_or_others_is_refused(users, binary, user, mod
         assert owner_and_mode(cache)[1] == mode  # left as it was
     finally:
         remove(cache)
+
+
+@pytest.mark.parametrize("user", [None, ALICE], ids=["root", "alice"])
+@pytest.mark.parametrize("target", ["cache", "hash", "program"])
+@pytest.mark.parametrize("bits", [0o020, 0o002], ids=["g+w", "o+w"])
+def test_a_filled_cache_made_writable_by_group_or_others_is_refused(users, binary, digest, user,
+                                                                     target, bits):
+    """The fast path (the build already unpacked) checks the permission bits too: of the cache,
+    of its HASH directory and of the program; nothing is run, removed or unpacked again."""
+    base = private_dir(user)
+    try:
+        cache = os.path.join(base, "mgpu")
+        env = {"MGPU_CACHE_DIR": cache}
+        code, before, err = run_bare(user, binary, "--version", env=env)
+        assert code == 0, err
+        program = os.path.join(cache, digest, "mgpu")
+        path = {"cache": cache, "hash": os.path.join(cache, digest), "program": program}[target]
+        inode = os.stat(program).st_ino
+        mode = owner_and_mode(path)[1]
+        os.chmod(path, mode | bits)
+        code, out, err = run_bare(user, binary, "--version", env=env)
+        assert_refused(code, out, err, path)
+        assert "writable by group or others" in err and "chmod go-w" in err
+        assert os.listdir(cache) == [digest] and os.stat(program).st_ino == inode
+        assert owner_and_mode(path)[1] == mode | bits  # left as it was
+
+        os.chmod(path, mode)  # as the message says
+        code, out, err = run_bare(user, binary, "--version", env=env)
+        assert code == 0 and out == before, err
+    finally:
+        remove(base)
+
+
+@pytest.mark.parametrize("target", ["hash", "program"])
+def test_a_filled_hash_directory_or_program_of_another_user_is_refused(users, binary, digest, target):
+    """In root's own cache, the HASH directory or the program handed to alice: refused, never run."""
+    cache = private_dir(None)
+    try:
+        code, _, err = run_bare(None, binary, "--version", env={"MGPU_CACHE_DIR": cache})
+        assert code == 0, err
+        path = os.path.join(cache, digest) if target == "hash" else os.path.join(cache, digest, "mgpu")
+        account = pwd.getpwnam(ALICE)
+        os.chown(path, account.pw_uid, account.pw_gid)
+        code, out, err = run_bare(None, binary, "--version", env={"MGPU_CACHE_DIR": cache})
+        assert_refused(code, out, err, path)
+        assert "another user" in err
+        assert os.listdir(cache) == [digest]
+    finally:
+        remove(cache)
+
+
+def with_tool_path(binary, target, tool_dir):
+    """A copy of the binary whose unpacking finds its commands in `tool_dir` only: the header's
+    PATH for the unpacking subshell rewritten in place (same length, padded with slashes)."""
+    offset = int(header_value(binary, "offset"))
+    with open(binary, "rb") as handle:
+        data = handle.read()
+    header, archive = data[:offset - 1], data[offset - 1:]
+    match = re.search(rb"^ +PATH=(\S+)$", header, re.M)
+    assert match, "no PATH= line for the unpacking in the header of %s" % binary
+    old = match.group(1)
+    new = tool_dir.encode().ljust(len(old), b"/")
+    assert len(new) == len(old), (old, new)
+    header = header[:match.start(1)] + new + header[match.end(1):]
+    with open(target, "wb") as handle:
+        handle.write(header + archive)
+    os.chmod(target, 0o755)
+
+
+# What the unpacking runs, besides a sha256 tool.
+UNPACK_TOOLS = ("mkdir", "find", "mktemp", "rm", "tail", "wc", "tar", "chmod", "mv")
+
+
+@pytest.mark.parametrize("checker", ["sha256sum", "shasum", "openssl", None],
+                         ids=["sha256sum", "shasum", "openssl", "none"])
+def test_the_archive_is_never_unpacked_unchecked(users, binary, digest, checker):
+    """With sha256sum, or without it through shasum or openssl: an intact copy unpacks and a copy
+    with one byte of its archive changed (same size, still a valid tar) is refused. With none of
+    them both are refused with one line naming what to install, and nothing is unpacked."""
+    if checker and not shutil.which(checker, path="/usr/local/bin:/usr/bin:/bin"):
+        pytest.skip("%s is not installed on this host" % checker)
+    workdir = tempfile.mkdtemp(prefix="mgpu-tools-", dir="/tmp")
+    os.chmod(workdir, 0o755)
+    base = private_dir(ALICE)
+    try:
+        tools = os.path.join(workdir, "bin")
+        os.mkdir(tools)
+        for name in UNPACK_TOOLS + ((checker,) if checker else ()):
+            found = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+            assert found, "the unpacking needs %s" % name
+            os.symlink(found, os.path.join(tools, name))
+        assert not os.path.exists(os.path.join(tools, "sha256sum")) or checker == "sha256sum"
+        intact = os.path.join(workdir, "mgpu")
+        with_tool_path(binary, intact, tools)
+        damaged = os.path.join(workdir, "mgpu-damaged")
+        with_tool_path(binary, damaged, tools)
+        offset, size = int(header_value(binary, "offset")), int(header_value(binary, "size"))
+        with open(damaged, "r+b") as handle:
+            handle.seek(offset - 1 + size // 2)
+            byte = handle.read(1)
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+
+        for copy, intact_copy in ((damaged, False), (intact, True)):
+            cache = os.path.join(base, os.path.basename(copy))
+            code, out, err = run_bare(ALICE, copy, "--version", env={"MGPU_CACHE_DIR": cache})
+            if checker and intact_copy:
+                assert code == 0 and out.startswith("mgpu ") and err == "", (code, out, err)
+                assert os.listdir(cache) == [digest]
+                continue
+            assert code == 1 and out == "", (copy, code, out, err)
+            line = err.strip()
+            assert line.startswith("mgpu: ") and "\n" not in line, err
+            if checker:
+                assert "damaged (sha256 mismatch)" in line, line
+            else:
+                assert "sha256sum" in line and "install coreutils" in line, line
+            assert os.listdir(cache) == []  # no HASH, no .partial.*
+    finally:
+        remove(base)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_a_relative_cache_path_is_refused(users, binary):
