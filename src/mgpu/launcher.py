@@ -1,24 +1,58 @@
 """Start jobs as their users, supervise them, stop them.
 
-Owns: every fork, exec, change of uid and signal of mgpu. Must not: import anything from mgpu
-or know about queues and scheduling.
+Owns: every fork, exec, change of uid (including the per-thread filesystem ids used to open a
+user's file) and signal of mgpu. Must not: import anything from mgpu or know about queues and
+scheduling.
 
 Shape: at daemon start-up, before any thread exists, `Launcher()` forks a small single-threaded
 helper. For each job the helper forks a supervisor, which leaves the daemon's session
 (`setsid`), becomes a child subreaper so no descendant of the job escapes it, and forks the job:
-own process group, `initgroups`/`setgid`/`setuid` (uid last), chdir, output opened after the
-drop, exec. The supervisor writes a record (its pid and start time, then the exit status) to the
-state directory and reports over the helper's event pipe. When the daemon that started it is gone,
-the record waits on disk for the next daemon, which finds it when it re-adopts its jobs or
-notices the supervisor has exited. A job therefore never depends on the daemon staying alive.
+signal dispositions reset, own process group, then it waits for the supervisor's go-ahead, and
+only then `initgroups`/`setgid`/`setuid` (uid last), chdir, output opened after the drop, exec.
 Forking from the helper costs about a millisecond, where starting a fresh interpreter per job
 would cost 20-150 ms.
+
+No double runs. The supervisor keeps a record of the attempt at `STATE/jobs/ID.ATTEMPT.json`,
+each step replaced atomically (temporary file, fsync, rename, fsync of the directory):
+`intent` (the supervisor's pid and start time, written before it forks the job) → `launched`
+(the job's pid, which is its process group, the job's start time and its cgroup, written
+before the job may go on: it blocks on a go-ahead pipe and exits without exec if the pipe
+closes unanswered, i.e. the supervisor died) → `started` (exec succeeded, or the job died
+before it could fail) → `exited` (exit code, signal, end time, error). So an attempt with no
+record, or one at `intent` whose supervisor is dead, provably never ran its command and may be
+started again; any later phase may have run and is never started twice. The daemon's state
+lock (an flock fd, passed as `lock_fd`) is inherited by the helper, kept while the helper may
+still fork supervisors from specs left in its command pipe (it drains the pipe on EOF), and
+closed by each supervisor once its intent is durable: a new daemon that holds the lock finds
+every launch of the old one on disk. The job never holds that fd.
+
+Fencing: no signal reaches a process not proven to be the job's.
+- cgroup v2, where the host offers a writable hierarchy (root, or a delegated subtree): each
+  attempt gets `<daemon's cgroup>/mgpu-<hash of the state dir>/job-ID.ATTEMPT`; the supervisor
+  creates it and moves the job into it before the go-ahead (the supervisor stays outside), so
+  nothing the job forks, double-forks or `setsid`s can leave it. Signals go to each pid listed
+  in `cgroup.procs`; SIGKILL writes `cgroup.kill`; after the main process exits the rest is
+  killed, the group waited on until `populated 0`, and removed.
+- Fallback (no writable cgroup2: a single-user daemon, old hosts): the job's session. Its
+  processes are those whose session id is the supervisor's pid and that started no earlier
+  than the job (a session id cannot be reused while a process of the session lives), plus,
+  while the supervisor is alive with its recorded start time, its descendants (it is their
+  subreaper). A process that left both (setsid and lost its parent) can escape here.
+Each pid is opened as a pidfd, checked again, and signalled through the pidfd, so a pid reused
+between the check and the signal is never hit. A supervisor that dies (SIGKILL, OOM) leaves its
+job to the daemon, which kills what is left through the same proofs and waits until it is gone
+before it reports the job lost, so its GPUs are reused only after.
 """
 
+import ctypes
 import errno
+import hashlib
 import json
 import os
+import pwd
+import re
 import signal
+import stat
 import threading
 import time
 
@@ -26,17 +60,34 @@ PR_SET_CHILD_SUBREAPER = 36
 _CHILD_SIGNALS = ("SIGPIPE", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGCHLD", "SIGUSR1",
                   "SIGUSR2", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGXFSZ")
 MAX_EVENT = 3800  # below PIPE_BUF: one write of an event line is atomic
+MAX_SPEC = 8 << 20  # a launch request larger than this is refused, not buffered
+STOP_TIMEOUT = 30.0  # how long to wait for a killed job's processes to be gone
+GO_AHEAD = b"g"
+
+_libc = None
+
+
+def _c_library():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
 
 
 def _stat_fields(pid):
     """The fields of /proc/PID/stat after the command name (which may hold spaces or
-    parentheses), or None when there is no such process."""
+    parentheses), or None when there is no such process. Index 0 is the state, 1 the parent,
+    2 the process group, 3 the session, 19 the start time."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as stat_file:
-            stat = stat_file.read()
+            data = stat_file.read()
     except OSError:
         return None
-    return stat[stat.rindex(b")") + 2:].split()
+    return data[data.rindex(b")") + 2:].split()
 
 
 def process_start_time(pid):
@@ -46,77 +97,377 @@ def process_start_time(pid):
     return int(fields[19]) if fields else None
 
 
-def _parent_of(pid):
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else None
+def _processes():
+    """(pid, parent, pgid, sid, start) of every process, zombies left out."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None or fields[0] in (b"Z", b"X"):
+            continue
+        found.append((int(name), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])))
+    return found
 
 
 def children(pid):
     """Pids whose parent is `pid`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and _parent_of(int(name)) == pid:
-            found.append(int(name))
-    return found
+    return [p for p, parent, _, _, _ in _processes() if parent == pid]
 
 
-def descendants(pid):
-    result, frontier = [], [pid]
-    parents = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            parent = _parent_of(int(name))
-            if parent is not None:
-                parents.setdefault(parent, []).append(int(name))
-    while frontier:
-        current = frontier.pop()
-        for child in parents.get(current, ()):
-            result.append(child)
-            frontier.append(child)
-    return result
+def boot_id():
+    """This boot's random id: pids and start times recorded in another boot prove nothing."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return boot.read().strip()
+    except OSError:
+        return None
 
 
 def supervisor_alive(sup_pid, sup_start):
-    return sup_pid is not None and process_start_time(sup_pid) == sup_start
+    """True when the process `sup_pid` that started at `sup_start` still runs (a zombie, which
+    nobody may reap where init does not, has stopped supervising)."""
+    if sup_pid is None or sup_start is None:
+        return False
+    fields = _stat_fields(sup_pid)
+    return fields is not None and fields[0] not in (b"Z", b"X") and int(fields[19]) == sup_start
 
 
-def signal_job(sup_pid, sup_start, pgid, signum):
-    """Send `signum` to a job's whole process tree: its process group, and any descendant of
-    its supervisor that left the group. False when the job is gone."""
-    delivered = False
-    if pgid:
+def _signal_if(pid, signum, still_ours):
+    """Signal `pid` only if `still_ours(pid)` holds once a pidfd pins the process (a pid freed
+    and reused after the check cannot be hit). True when delivered."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (OSError, AttributeError):
+        pidfd = None  # no pidfd on this kernel: check, then signal by pid
+    try:
+        if not still_ours(pid):
+            return False
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+# ---------------------------------------------------------------------------------------------
+# cgroup v2
+
+
+def _cgroup2_mount():
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == "cgroup2":
+                    return parts[1].replace("\\040", " ")
+    except OSError:
+        pass
+    return None
+
+
+def _own_cgroup():
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8", errors="replace") as own:
+            for line in own:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cgroup_base(state_dir):
+    """The directory under which this daemon instance creates one cgroup per job attempt
+    (created here), or None where no writable cgroup v2 hierarchy is offered."""
+    mount, own = _cgroup2_mount(), _own_cgroup()
+    if mount is None or own is None:
+        return None
+    tag = hashlib.sha256(os.path.realpath(state_dir).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    base = os.path.join(mount, own.lstrip("/"), "mgpu-" + tag)
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError:
+        return None
+    if not (os.access(os.path.join(base, "cgroup.procs"), os.W_OK) and os.access(base, os.W_OK)):
+        return None
+    return base
+
+
+def job_cgroup(base, job_id, attempt):
+    return None if base is None else os.path.join(base, "job-%d.%d" % (job_id, attempt))
+
+
+def remove_cgroup_base(base):
+    """Remove the instance directory when no job cgroup is left in it."""
+    if base:
         try:
-            os.killpg(pgid, signum)
-            delivered = True
-        except ProcessLookupError:
+            os.rmdir(base)
+        except OSError:
             pass
-        except PermissionError:
-            pass
-    if supervisor_alive(sup_pid, sup_start):
-        for pid in descendants(sup_pid):
-            try:
-                if os.getpgid(pid) != pgid:
-                    os.kill(pid, signum)
-                    delivered = True
-            except (ProcessLookupError, PermissionError):
-                pass
+
+
+def _cgroup_pids(path):
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "rb") as procs:
+            return [int(p) for p in procs.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _cgroup_populated(path):
+    """True/False from cgroup.events, None when the group does not exist."""
+    try:
+        with open(os.path.join(path, "cgroup.events"), "rb") as events:
+            for line in events:
+                if line.startswith(b"populated "):
+                    return line.split()[1] == b"1"
+    except OSError:
+        return None
+    return bool(_cgroup_pids(path))
+
+
+def _in_cgroup(pid, path, base_mount):
+    try:
+        with open("/proc/%d/cgroup" % pid, encoding="utf-8", errors="replace") as own:
+            for line in own:
+                if line.startswith("0::"):
+                    return os.path.join(base_mount, line[3:].strip().lstrip("/")) == path
+    except OSError:
+        pass
+    return False
+
+
+def _cgroup_signal(path, signum):
+    """Signal every process in the job's cgroup; True when some process was in it."""
+    if signum == signal.SIGKILL:
+        try:
+            with open(os.path.join(path, "cgroup.kill"), "w") as kill:
+                kill.write("1")
+            return bool(_cgroup_populated(path))
+        except OSError:
+            pass  # no cgroup.kill before Linux 5.14: one by one
+    mount = _cgroup2_mount()
+    delivered = False
+    for pid in _cgroup_pids(path):
+        delivered |= _signal_if(pid, signum, lambda p: _in_cgroup(p, path, mount))
     return delivered
+
+
+def _cgroup_remove(path, deadline):
+    """Kill what is left in the job's cgroup, wait until it is empty, remove it. True when it
+    is gone (or never existed)."""
+    while True:
+        populated = _cgroup_populated(path)
+        if populated is None:
+            return True
+        if not populated:
+            try:
+                os.rmdir(path)
+                return True
+            except FileNotFoundError:
+                return True
+            except OSError:
+                pass
+        else:
+            _cgroup_signal(path, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# A job's processes, proven
+
+
+class JobHandle:
+    """What proves a process belongs to one job attempt: its supervisor (pid and start time),
+    its process group (= the job's pid) and the job's start time, and its cgroup."""
+
+    __slots__ = ("sup_pid", "sup_start", "pgid", "job_start", "cgroup", "boot")
+
+    def __init__(self, sup_pid=None, sup_start=None, pgid=None, job_start=None, cgroup=None, boot=None):
+        self.sup_pid, self.sup_start, self.pgid = sup_pid, sup_start, pgid
+        self.job_start, self.cgroup, self.boot = job_start, cgroup, boot
+
+    @classmethod
+    def from_record(cls, record):
+        return cls(record.get("sup_pid"), record.get("sup_start"), record.get("pgid"),
+                   record.get("job_start"), record.get("cgroup"), record.get("boot_id"))
+
+    def _this_boot(self):
+        return self.boot is None or self.boot == boot_id()
+
+    def supervisor_alive(self):
+        return self._this_boot() and supervisor_alive(self.sup_pid, self.sup_start)
+
+    def _fallback_pids(self):
+        """(pid, start) of the processes proven to be the job's without a cgroup. With its
+        supervisor alive: every other process of the supervisor's session, and its descendants
+        (it is their subreaper). Without: the processes of the job's process group in the
+        supervisor's session that started no earlier than the job; none at all when a process
+        now has the supervisor's pid (the old session is then gone: the kernel does not reuse
+        a pid while a process of its session or group lives)."""
+        if not self._this_boot() or self.sup_pid is None:
+            return {}  # recorded before a reboot, every pid in it may now be a stranger's
+        procs = _processes()
+        found = {}
+        if supervisor_alive(self.sup_pid, self.sup_start):
+            by_parent = {}
+            for pid, parent, _, sid, start in procs:
+                by_parent.setdefault(parent, []).append((pid, start))
+                if sid == self.sup_pid and pid != self.sup_pid:
+                    found[pid] = start
+            frontier = [self.sup_pid]
+            while frontier:
+                for pid, start in by_parent.get(frontier.pop(), ()):
+                    found.setdefault(pid, start)
+                    frontier.append(pid)
+            return found
+        now_at_sup_pid = process_start_time(self.sup_pid)  # our supervisor's zombie, or a stranger
+        if self.pgid is None or self.job_start is None or now_at_sup_pid not in (None, self.sup_start):
+            return {}
+        for pid, _, pgid, sid, start in procs:
+            if sid == self.sup_pid and pgid == self.pgid and start >= self.job_start:
+                found[pid] = start
+        return found
+
+    def signal(self, signum):
+        """Send `signum` to every process proven to be the job's. False when none is left."""
+        if not self._this_boot():
+            return False
+        if self.cgroup and _cgroup_populated(self.cgroup) is not None:
+            return _cgroup_signal(self.cgroup, signum)
+        delivered = False
+        for pid, start in self._fallback_pids().items():
+            delivered |= _signal_if(pid, signum, lambda p, s=start: process_start_time(p) == s)
+        return delivered
+
+    def alive(self):
+        if not self._this_boot():
+            return False
+        if self.cgroup and _cgroup_populated(self.cgroup) is not None:
+            return bool(_cgroup_populated(self.cgroup))
+        return bool(self._fallback_pids())
+
+    def end(self, timeout=STOP_TIMEOUT):
+        """SIGKILL whatever is left of the job and wait until it is gone (the cgroup removed).
+        True when nothing is left; False when something would not die within `timeout`."""
+        deadline = time.monotonic() + timeout
+        if not self._this_boot():
+            return True  # nothing of a job outlives a reboot
+        if self.cgroup:
+            return _cgroup_remove(self.cgroup, deadline)
+        while self.signal(signal.SIGKILL) or self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+def signal_job(handle, signum):
+    return handle.signal(signum)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
 
 
 def read_record(path):
     """A supervisor's record of one job attempt, or None."""
     try:
         with open(path, encoding="utf-8") as record:
-            return json.load(record)
+            value = json.load(record)
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
-def _write_record(path, record):
+def record_phase(record):
+    """intent, launched, started or exited (records of older versions: started or exited)."""
+    if record is None:
+        return None
+    if "exit_code" in record:
+        return "exited"
+    return record.get("phase", "started")
+
+
+def write_record(path, record, dir_fd=None):
+    """Replace the record atomically and durably: the file and its directory are fsynced."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        data = json.dumps(record, separators=(",", ":")).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.rename(tmp, path)
+    own = dir_fd is None
+    if own:
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        if own:
+            os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening a user's file as that user
+
+
+def open_as_user(path, uid):
+    """A read-only, non-blocking descriptor on `path` when it is a regular file owned by `uid`
+    and `uid` may read it, else None. As root the path is resolved and opened with this
+    thread's filesystem ids set to the user's (per thread on Linux), so root's privileges
+    never apply to a path a user chose; O_PATH never runs a device's or FIFO's open."""
+    as_root = os.geteuid() == 0
+    switched = False
+    if as_root:
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            return None
+        libc = _c_library()
+        libc.setfsgid(gid)
+        libc.setfsuid(uid)
+        switched = True
+    try:
+        if as_root and (libc.setfsuid(-1) != uid or libc.setfsgid(-1) != gid):
+            return None  # the switch did not take: open nothing
+        try:
+            anchor = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(anchor)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
+                return None
+            fd = os.open("/proc/self/fd/%d" % anchor,
+                         os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        finally:
+            os.close(anchor)
+        reopened = os.fstat(fd)
+        if (reopened.st_dev, reopened.st_ino) != (info.st_dev, info.st_ino):
+            os.close(fd)
+            return None
+        return fd
+    finally:
+        if switched:
+            libc.setfsuid(0)
+            libc.setfsgid(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,18 +479,20 @@ class HelperGone(Exception):
 
 
 class Launcher:
-    """The daemon's handle on its helper process. Create it before starting any thread."""
+    """The daemon's handle on its helper process. Create it before starting any thread.
+    `lock_fd`, when given, is the daemon's state lock: the helper keeps it while it may still
+    start jobs (see the module docstring)."""
 
-    def __init__(self):
-        command_read, self._command_write = os.pipe()
-        events_read, events_write = os.pipe()
+    def __init__(self, lock_fd=None):
+        command_read, self._command_write = os.pipe2(os.O_CLOEXEC)
+        events_read, events_write = os.pipe2(os.O_CLOEXEC)
         self.helper_pid = os.fork()
         if self.helper_pid == 0:  # the helper: single-threaded from here on
             status = 0
             try:
                 os.close(self._command_write)
                 os.close(events_read)
-                _helper_main(command_read, events_write)
+                _helper_main(command_read, events_write, lock_fd)
             except BaseException:
                 status = 1
             finally:
@@ -150,6 +503,8 @@ class Launcher:
         self._lock = threading.Lock()
 
     def launch(self, spec):
+        # job_id and attempt lead the line: the helper names the job of a line it refuses.
+        spec = dict({"job_id": spec["job_id"], "attempt": spec["attempt"]}, **spec)
         line = (json.dumps(spec, separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape")
         with self._lock:
             view = memoryview(line)
@@ -180,43 +535,85 @@ class Launcher:
 # ---------------------------------------------------------------------------------------------
 # Helper and supervisor (forked processes; single-threaded)
 
+_LINE_HEAD = re.compile(rb'\{"job_id":(\d+),"attempt":(\d+)')
 
-def _helper_main(command_fd, event_fd):
+
+def _helper_main(command_fd, event_fd, lock_fd):
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a Ctrl+C or stop of the daemon is not ours
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _c_library()
     except Exception:
         libc = None
-    pending = b""
+    pending = bytearray()
+    scanned = 0          # no newline in pending[:scanned]
+    skipping = False     # the rest of an oversize line is being read and dropped
     while True:
         chunk = os.read(command_fd, 1 << 16)
         if not chunk:
-            return  # the daemon is gone; running supervisors carry on alone
+            # The daemon is gone. Lines it wrote before it went are jobs it stored as running:
+            # they were all launched above (a last line without its newline is a torn write of
+            # a job the next daemon requeues). Running supervisors carry on alone.
+            if lock_fd is not None:
+                os.close(lock_fd)
+            return
         pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if not line:
+        while True:
+            newline = pending.find(b"\n", scanned)
+            if newline < 0:
+                if skipping:
+                    pending.clear()
+                elif len(pending) > MAX_SPEC:
+                    _refuse(event_fd, bytes(pending[:64]))
+                    pending.clear()
+                    skipping = True
+                scanned = len(pending)
+                break
+            line = bytes(pending[:newline])
+            del pending[:newline + 1]
+            scanned = 0
+            if skipping:
+                skipping = False
                 continue
-            spec = json.loads(line)
-            try:
-                pid = os.fork()
-            except OSError as e:
-                _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
-                                 "exit_code": None, "error": "cannot start a supervisor: %s" % e.strerror})
+            if len(line) > MAX_SPEC:
+                _refuse(event_fd, line[:64])
                 continue
-            if pid == 0:
-                status = 1
-                try:
-                    os.close(command_fd)
-                    _supervise(spec, event_fd, libc)
-                    status = 0
-                except BaseException:
-                    pass
-                finally:
-                    os._exit(status)
+            if line:
+                _start_supervisor(line, command_fd, event_fd, lock_fd, libc)
+
+
+def _refuse(event_fd, head):
+    match = _LINE_HEAD.match(head)
+    if match:
+        _emit(event_fd, {"event": "exited", "job_id": int(match.group(1)), "attempt": int(match.group(2)),
+                         "exit_code": None, "signal": None,
+                         "error": "the launch request is larger than %d MiB" % (MAX_SPEC >> 20)})
+
+
+def _start_supervisor(line, command_fd, event_fd, lock_fd, libc):
+    try:
+        spec = json.loads(line)
+    except ValueError:
+        _refuse(event_fd, line[:64])
+        return
+    try:
+        pid = os.fork()
+    except OSError as e:
+        _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
+                         "exit_code": None, "signal": None,
+                         "error": "cannot start a supervisor: %s" % e.strerror})
+        return
+    if pid == 0:
+        status = 1
+        try:
+            _supervise(spec, event_fd, lock_fd, libc)
+            status = 0
+        except BaseException:
+            pass
+        finally:
+            os._exit(status)
 
 
 def _emit(event_fd, event):
@@ -232,22 +629,86 @@ def _emit(event_fd, event):
         pass
 
 
-def _supervise(spec, event_fd, libc):
+def _close_all_but(*keep):
+    """Close every descriptor from 3 up except `keep`: a supervisor holds none of the daemon's
+    files, sockets or locks."""
+    low = 3
+    for fd in sorted(k for k in keep if k is not None and k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _supervise(spec, event_fd, lock_fd, libc):
+    _close_all_but(event_fd, lock_fd)
     os.setsid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     if libc is not None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    path = spec["record"]
+    me = os.getpid()
+    record = {"job_id": spec["job_id"], "attempt": spec["attempt"], "phase": "intent",
+              "sup_pid": me, "sup_start": process_start_time(me), "boot_id": boot_id()}
+    try:
+        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        write_record(path, record, dir_fd)
+    except OSError as e:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
+                         "exit_code": None, "signal": None,
+                         "error": "cannot record the job's start in %s: %s" % (path, e.strerror or e)})
+        return
+    if lock_fd is not None:
+        os.close(lock_fd)  # our intent is on disk: a new daemon may take over
+    go_read, go_write = os.pipe2(os.O_CLOEXEC)
     error_read, error_write = os.pipe2(os.O_CLOEXEC)
     job_pid = os.fork()
     if job_pid == 0:
-        _exec_job(spec, error_write)  # never returns
+        os.close(go_write)
+        _exec_job(spec, go_read, error_write)  # never returns
+    os.close(go_read)
     os.close(error_write)
     try:
         os.setpgid(job_pid, job_pid)  # also done by the child; whichever runs first wins
     except OSError:
         pass
+    cgroup = spec.get("cgroup")
+    if cgroup:
+        try:
+            os.mkdir(cgroup, 0o755)
+        except FileExistsError:
+            pass
+        except OSError:
+            cgroup = None
+        if cgroup:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
+                    procs.write(str(job_pid))
+            except OSError:
+                _rmdir_quietly(cgroup)
+                cgroup = None
+    record.update(phase="launched", pgid=job_pid, job_start=process_start_time(job_pid), cgroup=cgroup)
+    handle = JobHandle.from_record(record)
+    try:
+        write_record(path, record, dir_fd)
+    except OSError as e:
+        # Without a durable record the job must not run: the child exits without the go-ahead.
+        os.close(go_write)
+        status = _wait_for(job_pid)
+        _end_leftovers(job_pid, handle)
+        _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
+                         "exit_code": None, "signal": None,
+                         "error": "cannot record the job's start in %s: %s" % (path, e.strerror or e)})
+        return
+    _emit(event_fd, dict(record, event="launched"))
+    try:
+        os.write(go_write, GO_AHEAD)
+    except OSError:
+        pass  # the job is already gone (a signal before exec): its exit status says so
+    os.close(go_write)
     failure = b""
     while True:
         chunk = os.read(error_read, 4096)
@@ -255,22 +716,33 @@ def _supervise(spec, event_fd, libc):
             break
         failure += chunk
     os.close(error_read)
-    me = os.getpid()
-    record = {"job_id": spec["job_id"], "attempt": spec["attempt"], "sup_pid": me,
-              "sup_start": process_start_time(me), "pgid": job_pid}
-    _write_record(spec["record"], record)
     if not failure:
+        record["phase"] = "started"
+        try:
+            write_record(path, record, dir_fd)
+        except OSError:
+            pass  # "launched" already forbids a second start
         _emit(event_fd, dict(record, event="started"))
     status = _wait_for(job_pid)
-    _kill_leftovers(job_pid)
+    _end_leftovers(job_pid, handle)
     if os.WIFSIGNALED(status):
         exit_code, signum = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
     else:
         exit_code, signum = os.WEXITSTATUS(status), None
-    record.update(exit_code=exit_code, signal=signum, end_time=time.time(),
+    record.update(phase="exited", exit_code=exit_code, signal=signum, end_time=time.time(),
                   error=failure.decode("utf-8", "replace")[:300] or None)
-    _write_record(spec["record"], record)
+    try:
+        write_record(path, record, dir_fd)
+    except OSError:
+        pass
     _emit(event_fd, dict(record, event="exited"))
+
+
+def _rmdir_quietly(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _wait_for(job_pid):
@@ -283,44 +755,49 @@ def _wait_for(job_pid):
             return status
 
 
-def _kill_leftovers(job_pid):
-    """The job is over when its main process exits: end whatever it left behind (in its group
-    or adopted by us as subreaper), so its GPUs are free only when its processes are gone."""
-    deadline = time.monotonic() + 30
+def _end_leftovers(job_pid, handle):
+    """The job is over when its main process exits: end whatever it left behind (its cgroup;
+    else our session and the orphans we adopted as subreaper), so its GPUs are free only when
+    its processes are gone. We are alive, so every process in our session but us, and every
+    child of ours (not reaped in between: we alone reap them), is the job's."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    me = os.getpid()
+    if handle.cgroup:
+        _cgroup_remove(handle.cgroup, deadline)
     while True:
-        group_left = True
-        try:
-            os.killpg(job_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            group_left = False
-        except PermissionError:
-            pass
+        left = [pid for pid, parent, _, sid, _ in _processes() if pid != me and (sid == me or parent == me)]
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
             has_children = True
         except ChildProcessError:
             has_children = False
-        if not group_left and not has_children:
+        if not left and not has_children:
             return
-        for pid in children(os.getpid()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         if time.monotonic() > deadline:
             return  # unkillable (uninterruptible sleep): report anyway
         time.sleep(0.01)
 
 
-def _exec_job(spec, error_write):
+def _exec_job(spec, go_read, error_write):
     stage = "start"
+    code = 1
     try:
-        os.setpgid(0, 0)
+        # First, before waiting on anything: default signal dispositions, so a cancel or a time
+        # limit ends the job even while it waits for the go-ahead or blocks in an open().
         for name in _CHILD_SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.setpgid(0, 0)
+        if os.read(go_read, 1) != GO_AHEAD:
+            os._exit(1)  # the supervisor died before recording us: never run the command
+        os.close(go_read)
         if spec["drop"]:
             stage = "switching to user %s" % spec["user"]
             os.initgroups(spec["user"], spec["gid"])
@@ -329,6 +806,10 @@ def _exec_job(spec, error_write):
         os.umask(spec["umask"])
         stage = "cannot change to directory %s" % spec["cwd"]
         os.chdir(spec["cwd"])
+        log_dir = spec.get("log_dir")
+        if log_dir:
+            stage = "cannot create the log directory %s" % log_dir
+            _private_log_dir(log_dir)
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOCTTY | os.O_CLOEXEC
         flags |= os.O_TRUNC if spec["truncate"] else os.O_APPEND
         stage = "cannot open output %s" % spec["output"]
@@ -361,3 +842,12 @@ def _exec_job(spec, error_write):
         os.write(error_write, message.encode("utf-8", "replace")[:1000])
     finally:
         os._exit(code)
+
+
+def _private_log_dir(log_dir):
+    """The default log directory (HOME/.mgpu/logs) holds what jobs print: only its user may
+    read it. Runs as the user."""
+    os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    info = os.lstat(log_dir)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077:
+        os.chmod(log_dir, 0o700)

@@ -11,7 +11,6 @@ Events go to the master through `emit(dict)`; each names its kind, node, job and
 import os
 import pwd
 import queue
-import stat
 import threading
 import time
 
@@ -22,22 +21,31 @@ WATCH_INTERVAL = 2.0  # seconds between liveness checks of supervisors and GPU u
 
 
 class _Supervised:
-    __slots__ = ("attempt", "sup_pid", "sup_start", "pgid", "signals")
+    """One attempt this node supervises. `handle` (the launcher's proof of which processes are
+    the job's) is known from the supervisor's `launched` report or its record; signals asked
+    for before that wait in `signals`."""
+
+    __slots__ = ("attempt", "handle", "signals", "started", "orphaned", "adopted", "since")
 
     def __init__(self, attempt):
         self.attempt = attempt
-        self.sup_pid = self.sup_start = self.pgid = None
-        self.signals = []  # asked for before the supervisor reported the job's start
+        self.handle = None
+        self.signals = []
+        self.started = False      # job_started sent to the master
+        self.orphaned = False     # adopted with a dead supervisor: to be fenced, then reported
+        self.adopted = False      # its supervisor reports to an earlier daemon: read its record
+        self.since = time.monotonic()
 
 
 class NodeAgent:
-    def __init__(self, name, inventory, state_dir, emit):
+    def __init__(self, name, inventory, state_dir, emit, lock_fd=None):
         # The launcher forks its helper: this must run before the daemon starts any thread.
-        self.launcher = launcher.Launcher()
+        self.launcher = launcher.Launcher(lock_fd=lock_fd)
         self.name = name
         self.inventory = inventory
         self.records_dir = os.path.join(state_dir, "jobs")
         os.makedirs(self.records_dir, mode=0o700, exist_ok=True)
+        self.cgroup_base = launcher.cgroup_base(state_dir)  # None: no writable cgroup v2 here
         self.emit = emit
         self.drop_privileges = os.getuid() == 0
         self._supervised = {}
@@ -57,6 +65,7 @@ class NodeAgent:
         self._stopping.set()
         self.launcher.close()
         self.inventory.close()
+        launcher.remove_cgroup_base(self.cgroup_base)  # only when no job's cgroup is left
 
     def info(self):
         gpus = self.inventory.gpus()
@@ -90,12 +99,17 @@ class NodeAgent:
             env["MGPU_JOB_END_TIME"] = str(int(job.end_estimate))
         else:
             env.pop("MGPU_JOB_END_TIME", None)
+        error = job.error or job.output
+        log_dir = os.path.join(home, ".mgpu", "logs")
         spec = {
             "job_id": job.id, "attempt": job.attempt, "uid": job.uid, "gid": job.gid,
             "user": user, "drop": self.drop_privileges, "umask": job.umask if job.umask is not None else 0o022,
             "cwd": job.cwd, "argv": list(job.command), "env": env, "env_setup": job.env_setup,
-            "output": job.output, "error": job.error or job.output, "truncate": job.attempt <= 1,
+            "output": job.output, "error": error, "truncate": job.attempt <= 1,
+            # The default log directory is made private to its user (it holds what jobs print).
+            "log_dir": log_dir if log_dir in (os.path.dirname(job.output), os.path.dirname(error)) else None,
             "record": self.record_path(job.id, job.attempt),
+            "cgroup": launcher.job_cgroup(self.cgroup_base, job.id, job.attempt),
         }
         with self._lock:
             self._supervised[job.id] = _Supervised(job.attempt)
@@ -110,11 +124,11 @@ class NodeAgent:
             entry = self._supervised.get(job_id)
             if entry is None or entry.attempt != attempt:
                 return
-            if entry.pgid is None:
-                entry.signals.append(signum)
+            if entry.handle is None:
+                entry.signals.append(signum)  # delivered as soon as the job's pid is known
                 return
-            target = (entry.sup_pid, entry.sup_start, entry.pgid)
-        launcher.signal_job(*target, signum)
+            handle = entry.handle
+        handle.signal(signum)
 
     def release(self, job_id, attempt):
         """The master has recorded the end of this attempt: forget it. (The record is deleted
@@ -128,7 +142,9 @@ class NodeAgent:
 
     def adopt(self, jobs):
         """After a restart: take over the jobs the store says run here. Each is still running
-        (watched again), has ended (its recorded exit is reported), or is lost."""
+        (watched again), has ended (its recorded exit is reported), provably never started
+        (requeued), or lost its supervisor (what is left of it is killed by the watch thread,
+        then it is reported lost)."""
         keep = set()
         for job in jobs:
             keep.add("%d.%d.json" % (job.id, job.attempt))
@@ -142,64 +158,91 @@ class NodeAgent:
 
     def _adopt_one(self, job_id, attempt):
         record = launcher.read_record(self.record_path(job_id, attempt))
-        if record is None:
-            self.emit({"kind": "job_lost", "node": self.name, "job_id": job_id, "attempt": attempt,
-                       "started": False, "reason": "the daemon stopped before the job started"})
+        phase = launcher.record_phase(record)
+        if phase == "exited":
+            self._report_exit(record)
             return
-        if "exit_code" in record:
-            self.emit(dict(record, kind="job_exited", node=self.name))
+        if phase is None:
+            # No intent on disk: the launch never reached a supervisor (the state lock waited
+            # for the previous helper to hand over all it had), so the job never ran.
+            self._discard_cgroup(job_id, attempt)
+            self._lost(job_id, attempt, False, "the daemon stopped before the job started")
             return
-        if launcher.supervisor_alive(record["sup_pid"], record["sup_start"]):
-            entry = _Supervised(attempt)
-            entry.sup_pid, entry.sup_start, entry.pgid = record["sup_pid"], record["sup_start"], record["pgid"]
+        entry = _Supervised(attempt)
+        entry.adopted = True
+        handle = launcher.JobHandle.from_record(record)
+        if handle.supervisor_alive():
+            if phase != "intent":
+                entry.handle = handle
             with self._lock:
                 self._supervised[job_id] = entry
-            self.emit(dict(record, kind="job_started", node=self.name))
+            if phase == "started":
+                self._report_started(job_id, entry)
             return
-        # The supervisor died without recording an exit: end whatever is left of the job.
-        launcher.signal_job(None, None, record.get("pgid"), 9)
+        if phase == "intent":
+            # Its supervisor died before it let the job go on: the job never ran its command.
+            self._discard_cgroup(job_id, attempt)
+            self._lost(job_id, attempt, False, "its supervisor disappeared before the job started")
+            return
+        entry.handle, entry.orphaned = handle, True  # the watch thread kills what is left, then reports
+        with self._lock:
+            self._supervised[job_id] = entry
+
+    def _discard_cgroup(self, job_id, attempt):
+        path = launcher.job_cgroup(self.cgroup_base, job_id, attempt)
+        if path:
+            launcher.JobHandle(cgroup=path).end()
+
+    def _lost(self, job_id, attempt, started, reason):
         self.emit({"kind": "job_lost", "node": self.name, "job_id": job_id, "attempt": attempt,
-                   "started": True, "reason": "its supervisor disappeared"})
+                   "started": started, "reason": reason})
+
+    def _report_started(self, job_id, entry):
+        entry.started = True
+        h = entry.handle
+        self.emit({"kind": "job_started", "node": self.name, "job_id": job_id, "attempt": entry.attempt,
+                   "sup_pid": h.sup_pid, "sup_start": h.sup_start, "pgid": h.pgid})
+
+    def _report_exit(self, record):
+        self.emit({"kind": "job_exited", "node": self.name, "job_id": record["job_id"],
+                   "attempt": record["attempt"], "exit_code": record.get("exit_code"),
+                   "signal": record.get("signal"), "error": record.get("error")})
 
     # -- output -----------------------------------------------------------------------------
 
     @staticmethod
     def open_output(path, uid):
         """A read-only descriptor on a job's output file, or None. The path is the user's
-        choice and we are root: never follow a final symlink, and read only a regular file the
-        job's user owns."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
-            os.close(fd)
-            return None
-        return fd
+        choice: it is resolved and opened as that user, and only a regular file the user owns
+        is read (never a device, a FIFO or a symlink)."""
+        return launcher.open_as_user(path, uid)
 
     # -- threads ----------------------------------------------------------------------------
 
     def _read_events(self):
         for event in self.launcher.events():
-            kind = event.pop("event", None)
+            kind = event.get("event")
             job_id, attempt = event.get("job_id"), event.get("attempt")
             with self._lock:
                 entry = self._supervised.get(job_id)
                 if entry is None or entry.attempt != attempt:
                     continue
-                if kind == "started":
-                    entry.sup_pid, entry.sup_start, entry.pgid = event["sup_pid"], event["sup_start"], event["pgid"]
+                pending = []
+                if kind in ("launched", "started"):
+                    if entry.handle is None and event.get("pgid"):
+                        entry.handle = launcher.JobHandle.from_record(event)
                     pending, entry.signals = entry.signals, []
-                else:
+                elif kind == "exited":
                     # Ended: no signal may reach a process group id the kernel can reuse.
                     del self._supervised[job_id]
-                    pending = []
+                else:
+                    continue
             for signum in pending:
-                launcher.signal_job(entry.sup_pid, entry.sup_start, entry.pgid, signum)
-            event["kind"] = "job_started" if kind == "started" else "job_exited"
-            event["node"] = self.name
-            self.emit(event)
+                entry.handle.signal(signum)
+            if kind == "started":
+                self._report_started(job_id, entry)
+            elif kind == "exited":
+                self._report_exit(event)
 
     def _delete_records(self):
         while True:
@@ -210,29 +253,88 @@ class NodeAgent:
                 pass
 
     def _watch(self):
-        while not self._stopping.wait(WATCH_INTERVAL):
-            with self._lock:
-                watched = [(job_id, e.attempt, e.sup_pid, e.sup_start) for job_id, e in self._supervised.items()
-                           if e.sup_pid is not None]
+        while True:
             sessions = set()
-            for job_id, attempt, sup_pid, sup_start in watched:
-                if launcher.supervisor_alive(sup_pid, sup_start):
-                    sessions.add(sup_pid)
-                    continue
-                time.sleep(0.2)  # its exit event may be on its way through the pipe
-                with self._lock:
-                    entry = self._supervised.get(job_id)
-                    if entry is None or entry.attempt != attempt:
-                        continue
-                    del self._supervised[job_id]
-                record = launcher.read_record(self.record_path(job_id, attempt))
-                if record is not None and "exit_code" in record:
-                    self.emit(dict(record, kind="job_exited", node=self.name))
-                else:
-                    self.emit({"kind": "job_lost", "node": self.name, "job_id": job_id,
-                               "attempt": attempt, "started": True, "reason": "its supervisor disappeared"})
+            with self._lock:
+                watched = list(self._supervised.items())
+            for job_id, entry in watched:
+                alive = self._check(job_id, entry)
+                if alive and entry.handle is not None:
+                    sessions.add(entry.handle.sup_pid)
             if self.inventory.kind == "nvml":
                 usage = self.inventory.external_usage(sessions)
                 if usage != self._usage:
                     self._usage = usage
                     self.emit({"kind": "gpu_usage", "node": self.name, "usage": usage})
+            if self._stopping.wait(WATCH_INTERVAL):
+                return
+
+    def _current(self, job_id, entry):
+        with self._lock:
+            return self._supervised.get(job_id) is entry
+
+    def _forget(self, job_id, entry):
+        with self._lock:
+            if self._supervised.get(job_id) is not entry:
+                return False
+            del self._supervised[job_id]
+            return True
+
+    def _check(self, job_id, entry):
+        """One look at a supervised attempt; True while its supervisor lives. A dead supervisor
+        is answered with its recorded exit or, when it recorded none, by killing what is left of
+        the job and waiting until it is gone before the job is reported lost (its GPUs are
+        reused only then)."""
+        if entry.orphaned:
+            self._fence(job_id, entry)
+            return False
+        record = None
+        if entry.handle is None or (entry.adopted and not entry.started):
+            record = launcher.read_record(self.record_path(job_id, entry.attempt))
+            if record is None:
+                return True  # not yet at its supervisor (the helper is behind), or released
+            handle = launcher.JobHandle.from_record(record)
+            phase = launcher.record_phase(record)
+            with self._lock:
+                if self._supervised.get(job_id) is not entry:
+                    return False
+                if entry.handle is None and phase in ("launched", "started"):
+                    entry.handle = handle
+                    pending, entry.signals = entry.signals, []
+                else:
+                    pending = []
+            for signum in pending:
+                handle.signal(signum)
+            if entry.adopted and phase == "started" and not entry.started:
+                self._report_started(job_id, entry)
+        else:
+            handle = entry.handle
+        if handle.supervisor_alive():
+            return True
+        time.sleep(0.2)  # its exit event may be on its way through the pipe
+        if not self._current(job_id, entry):
+            return False
+        record = launcher.read_record(self.record_path(job_id, entry.attempt))
+        phase = launcher.record_phase(record)
+        if phase == "exited":
+            if self._forget(job_id, entry):
+                self._report_exit(record)
+        elif phase == "intent":
+            self._discard_cgroup(job_id, entry.attempt)
+            if self._forget(job_id, entry):
+                self._lost(job_id, entry.attempt, False, "its supervisor disappeared before the job started")
+        else:
+            entry.handle = launcher.JobHandle.from_record(record) if record else handle
+            self._fence(job_id, entry)
+        return False
+
+    def _fence(self, job_id, entry):
+        """Kill what is left of a job whose supervisor is gone; report it lost once nothing is
+        left (or, if something cannot be killed, after trying for STOP_TIMEOUT)."""
+        handle = entry.handle
+        if handle is not None and not handle.end():
+            if self._current(job_id, entry):
+                return  # still alive: try again next time, its GPUs stay taken
+        self._discard_cgroup(job_id, entry.attempt)  # named for this attempt: its own
+        if self._forget(job_id, entry):
+            self._lost(job_id, entry.attempt, True, "its supervisor disappeared")
