@@ -136,7 +136,8 @@ class Store:
         # Environments of ended jobs (left by an older version) are users' secrets: gone.
         self.db.execute("DELETE FROM job_env WHERE id IN (SELECT id FROM jobs WHERE state IN (%s))"
                         % ",".join("?" * len(_FINAL)), _FINAL)
-        max_id = self.db.execute("SELECT MAX(id) FROM jobs").fetchone()[0] or 0
+        max_id = self.db.execute("SELECT MAX(id) FROM (SELECT id FROM jobs UNION ALL SELECT id FROM set_aside)"
+                                 ).fetchone()[0] or 0  # a set-aside job's id is never given again
         next_id = max(int(self._meta("next_job_id") or 1), max_id + 1)
         max_seq = max((job.queue_seq or 0 for job in active), default=0)
         next_seq = max(int(self._meta("next_queue_seq") or 1), max_seq + 1)
