@@ -148,7 +148,11 @@ def main():
                                   **as_user(holder_user))
         started.append(holder)
         t0 = time.monotonic()
-        report = json.loads(holder.stdout.readline())
+        line = holder.stdout.readline()
+        if not line:
+            raise SystemExit("the flood's process (as %s) ended early with %s: killed from outside? run again"
+                             % (who, holder.wait(10)))
+        report = json.loads(line)
         print("%d idle + %d half-frame connections from %s (opened in %.1f s): %d served, %d refused at "
               "once, %d could not connect" % (IDLE, STALLED, who, time.monotonic() - t0 - 1.0,
                                              report["opened"] - report["refused"], report["refused"],
@@ -178,17 +182,20 @@ def main():
         queues = [subprocess.Popen(queue_argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                    text=True, cwd="/", **as_user(queue_user)) for _ in range(CONCURRENT_QUEUES)]
         started.extend(queues)
-        ok, slowest, errors = 0, 0.0, []
+        ok, killed, slowest, errors = 0, 0, 0.0, []
         for process in queues:
             _, err = process.communicate(timeout=60)
             slowest = max(slowest, time.monotonic() - t0)
             if process.returncode == 0:
                 ok += 1
+            elif process.returncode < 0:
+                killed += 1  # a signal from outside (another session's clean-up of the test users)
             else:
                 errors.append(err.strip() or "exit status %d" % process.returncode)
         floods = sum(int(p.communicate(timeout=30)[0] or 0) for p in flooders)
         print("%d concurrent `mgpu queue` during a connect flood (%d processes, %d connections): %d succeeded, "
-              "all done in %.2f s" % (CONCURRENT_QUEUES, FLOODERS, floods, ok, slowest))
+              "%d failed, all done in %.2f s%s" % (CONCURRENT_QUEUES, FLOODERS, floods, ok, len(errors), slowest,
+                                                   "; %d killed by a signal from outside" % killed if killed else ""))
         for line in sorted(set(errors))[:3]:
             print("  failure: %s" % line)
         threads, rss = threads_and_rss(master.pid)
