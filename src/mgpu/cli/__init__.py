@@ -78,7 +78,9 @@ def run_role(role_main, argv, debug):
     except MgpuError as e:
         if debug:
             raise
-        sys.stderr.write("mgpu: %s\n" % e.message)
+        from mgpu.cli.render import text  # a message may quote what someone else chose
+
+        sys.stderr.write("mgpu: %s\n" % text(e.message))
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

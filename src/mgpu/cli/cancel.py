@@ -5,6 +5,7 @@ import sys
 
 from mgpu import errors
 from mgpu.cli.common import Parser
+from mgpu.cli.render import text
 from mgpu.client import call
 from mgpu.errors import EXIT_ERROR, MgpuError
 from mgpu.model import MAX_JOB_ID
@@ -51,10 +52,10 @@ def main(argv):
     failed = False
     for result in results:
         if result["result"] in ("cancelled", "stopping"):
-            print("job %d: %s" % (result["id"], result["message"]))
+            print("job %d: %s" % (result["id"], text(result["message"])))
         else:
             failed = True
             sys.stderr.write("mgpu: cannot cancel job %d: %s\n" % (result["id"], result["message"]))
     if args.user and not results:
-        print("no active jobs of %s" % args.user)
+        print("no active jobs of %s" % text(args.user))
     return EXIT_ERROR if failed else 0

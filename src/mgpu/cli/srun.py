@@ -132,7 +132,8 @@ def main(argv):
 
 def follow(client, job_id, quiet):
     """Stream a job until it ends; the job's exit code, or 130 when the user detaches."""
-    say = (lambda line: None) if quiet else (lambda line: _stderr("mgpu: " + line + "\n"))
+    from mgpu.cli.render import text  # reasons and names come from other users and jobs
+    say = (lambda line: None) if quiet else (lambda line: _stderr("mgpu: " + text(line) + "\n"))
     out, err = sys.stdout.buffer, sys.stderr.buffer
     running = False
     try:
@@ -165,7 +166,7 @@ def follow(client, job_id, quiet):
                 code = job.get("exit_code")
                 state, reason = job["state"], job.get("reason") or ""
                 if state != "COMPLETED" and not (state == "FAILED" and reason.startswith("exit code")):
-                    _stderr("mgpu: job %d %s%s\n" % (job_id, state, (": " + reason) if reason else ""))
+                    _stderr("mgpu: job %d %s%s\n" % (job_id, text(state), (": " + text(reason)) if reason else ""))
                 return code if isinstance(code, int) and 0 <= code <= 255 else 1
     except KeyboardInterrupt:
         _stderr("\nmgpu: detached from job %d; it %s. Follow it with 'mgpu queue', "
