@@ -678,6 +678,7 @@ def _supervise(spec, event_fd, lock_fd, libc):
     cgroup = spec.get("cgroup")
     if cgroup:
         try:
+            os.makedirs(os.path.dirname(cgroup), exist_ok=True)  # removed by a stopping daemon
             os.mkdir(cgroup, 0o755)
         except FileExistsError:
             pass
