@@ -36,13 +36,13 @@ def main(argv):
     ids = []
     if len(args.ids) > MAX_IDS:
         raise MgpuError(errors.INVALID_ARGUMENT, "too many job ids: at most %d at once" % MAX_IDS)
-    for text in args.ids:
-        if not (text.isascii() and text.isdigit()):
-            parser.error("bad job id %r: job ids are numbers" % text[:40])
-        if len(text) > 19 or not 1 <= int(text) <= MAX_JOB_ID:
+    for arg in args.ids:
+        if not (arg.isascii() and arg.isdigit()):
+            parser.error("bad job id %r: job ids are numbers" % arg[:40])
+        if len(arg) > 19 or not 1 <= int(arg) <= MAX_JOB_ID:
             raise MgpuError(errors.INVALID_ARGUMENT, "no such job %s: job ids go from 1 to %d"
-                            % (text[:40], MAX_JOB_ID))
-        ids.append(int(text))
+                            % (arg[:40], MAX_JOB_ID))
+        ids.append(int(arg))
     if not ids and not args.user:
         parser.error("give job ids or --user USER")
     fields = {"ids": ids}
