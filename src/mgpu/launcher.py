@@ -184,14 +184,22 @@ def _own_cgroup():
     return None
 
 
-def cgroup_base(state_dir):
-    """The directory under which this daemon instance creates one cgroup per job attempt
-    (created here), or None where no writable cgroup v2 hierarchy is offered."""
+def cgroup_base_path(state_dir):
+    """Where the daemon instance of `state_dir` keeps its jobs' cgroups, or None without a
+    cgroup v2 hierarchy (nothing is created)."""
     mount, own = _cgroup2_mount(), _own_cgroup()
     if mount is None or own is None:
         return None
     tag = hashlib.sha256(os.path.realpath(state_dir).encode("utf-8", "surrogateescape")).hexdigest()[:12]
-    base = os.path.join(mount, own.lstrip("/"), "mgpu-" + tag)
+    return os.path.join(mount, own.lstrip("/"), "mgpu-" + tag)
+
+
+def cgroup_base(state_dir):
+    """The directory under which this daemon instance creates one cgroup per job attempt
+    (created here), or None where no writable cgroup v2 hierarchy is offered."""
+    base = cgroup_base_path(state_dir)
+    if base is None:
+        return None
     try:
         os.makedirs(base, exist_ok=True)
     except OSError:

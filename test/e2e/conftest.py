@@ -101,9 +101,38 @@ def make_cluster(installation, users, tmp_path_factory):
     for name in TEST_USERS:
         subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
     for master in masters:
+        _remove_job_cgroups(master.state_dir)
         shutil.rmtree(master.workdir, ignore_errors=True)
     if report:
         pytest.fail("a master crashed or stopped badly\n" + "\n".join(report), pytrace=False)
+
+
+def _remove_job_cgroups(state_dir):
+    """Remove the cgroup directory of a master's jobs (left behind by a master killed with
+    SIGKILL), once its job groups are empty."""
+    from mgpu.launcher import cgroup_base_path
+
+    base = cgroup_base_path(state_dir)
+    if base is None:
+        return
+    if not os.path.isdir(base):
+        return
+    deadline = time.monotonic() + 5
+    for name in os.listdir(base):
+        path = os.path.join(base, name)
+        if os.path.isdir(path):
+            while True:
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+    try:
+        os.rmdir(base)
+    except OSError:
+        pass
 
 
 @pytest.fixture

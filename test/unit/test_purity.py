@@ -326,6 +326,36 @@ def test_only_launcher_spawns_changes_uid_or_sends_signals():
                            + "\n  ".join(offenders))
 
 
+# Calls by attribute name on any object (the signal module, a ctypes libc): sending signals
+# through a pidfd or to a thread, changing a thread's filesystem ids.
+ATTRIBUTE_CALLS = frozenset(("pidfd_send_signal", "pthread_kill", "setfsuid", "setfsgid"))
+
+
+def attribute_calls(path):
+    """(line, name) for every call of `x.name(...)` with a name in ATTRIBUTE_CALLS."""
+    return [(node.lineno, node.func.attr) for node in ast.walk(_parse(path))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ATTRIBUTE_CALLS]
+
+
+def test_only_launcher_signals_through_pidfds_or_switches_filesystem_ids():
+    offenders = []
+    for path in source_files():
+        relative = str(path.relative_to(PACKAGE_DIR))
+        if relative not in PROCESS_CALL_OWNERS:
+            offenders.extend("%s:%d calls %s" % (relative, line, name) for line, name in attribute_calls(path))
+    assert not offenders, "layering rule: only launcher.py may\n  " + "\n  ".join(offenders)
+    found = {name for _, name in attribute_calls(PACKAGE_DIR / "launcher.py")}
+    assert {"pidfd_send_signal", "setfsuid", "setfsgid"} <= found, found  # the checker sees them
+
+
+def test_attribute_calls_are_seen_on_any_receiver(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import signal, ctypes\nlibc = ctypes.CDLL(None)\nlibc.setfsuid(0)\n"
+                   "signal.pidfd_send_signal(3, 9)\nx = libc.setfsgid\n")
+    assert sorted(attribute_calls(bad)) == [(3, "setfsuid"), (4, "pidfd_send_signal")]
+
+
 def test_launcher_is_where_the_process_calls_are():
     # Guards the checker itself: if it found nothing in launcher.py it would be blind.
     names = {name for _, name in process_calls(PACKAGE_DIR / "launcher.py")}
