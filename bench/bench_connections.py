@@ -9,8 +9,10 @@
   3. 32 concurrent `mgpu queue` during a connect flood (processes of ours connecting and
      closing without waiting, as fast as they can): how many succeeded, and the slowest.
 
-Usage: PYTHONPATH=src python bench/bench_connections.py (as root to use the test users
-mgpu-alice and mgpu-bob when they exist). Everything it starts is stopped by pid at the end.
+Usage: PYTHONPATH=src python bench/bench_connections.py (as root it floods as one ordinary user
+and queries as another: the test users mgpu-alice and mgpu-bob when they exist, else two users
+it creates and removes, mgpu-bench-a and mgpu-bench-b). Everything it starts is stopped by pid
+at the end.
 """
 
 import json
@@ -106,10 +108,31 @@ def timed_queue(argv, env, user):
     return time.monotonic() - started, result
 
 
+def ensure_user(name, fallback, created):
+    """The pwd entry of `name`, else of `fallback` (created with useradd; remembered in
+    `created` for removal), else None."""
+    user = account(name) or account(fallback)
+    if user is None and shutil.which("useradd"):
+        if subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", fallback],
+                          capture_output=True).returncode == 0:
+            created.append(fallback)
+            user = account(fallback)
+    return user
+
+
 def main():
     root = os.getuid() == 0
-    holder_user = account("mgpu-alice") if root else None
-    queue_user = account("mgpu-bob") if root else None
+    created_users = []
+    try:
+        holder_user = ensure_user("mgpu-alice", "mgpu-bench-a", created_users) if root else None
+        queue_user = ensure_user("mgpu-bob", "mgpu-bench-b", created_users) if root else None
+        return flood(root, holder_user, queue_user)
+    finally:
+        for name in created_users:
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+def flood(root, holder_user, queue_user):
     workdir = tempfile.mkdtemp(prefix="mgpu-bench-conn-", dir="/tmp")
     os.chmod(workdir, 0o755)
     started = []  # every process we start, stopped by pid at the end

@@ -329,8 +329,9 @@ class Controller:
             if not privileged and user != name:
                 raise MgpuError(errors.PERMISSION_DENIED,
                                 "permission denied: you may cancel only your own jobs")
+            named = set(ids)
             ids.extend(job.id for job in list(self.running.values()) + list(self.pending.values())
-                       if job.user == user and job.id not in ids)
+                       if job.user == user and job.id not in named)
         actions, results = [], []
         for job_id in ids:
             job = self.jobs.get(job_id)

@@ -486,27 +486,33 @@ class HelperGone(Exception):
     pass
 
 
+def fork_helper(lock_fd=None):
+    """Fork the helper: (its pid, the fd of its command pipe, the fd of its event pipe)."""
+    command_read, command_write = os.pipe2(os.O_CLOEXEC)
+    events_read, events_write = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the helper: single-threaded from here on
+        status = 0
+        try:
+            os.close(command_write)
+            os.close(events_read)
+            _helper_main(command_read, events_write, lock_fd)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(command_read)
+    os.close(events_write)
+    return pid, command_write, events_read
+
+
 class Launcher:
     """The daemon's handle on its helper process. Create it before starting any thread.
     `lock_fd`, when given, is the daemon's state lock: the helper keeps it while it may still
     start jobs (see the module docstring)."""
 
     def __init__(self, lock_fd=None):
-        command_read, self._command_write = os.pipe2(os.O_CLOEXEC)
-        events_read, events_write = os.pipe2(os.O_CLOEXEC)
-        self.helper_pid = os.fork()
-        if self.helper_pid == 0:  # the helper: single-threaded from here on
-            status = 0
-            try:
-                os.close(self._command_write)
-                os.close(events_read)
-                _helper_main(command_read, events_write, lock_fd)
-            except BaseException:
-                status = 1
-            finally:
-                os._exit(status)
-        os.close(command_read)
-        os.close(events_write)
+        self.helper_pid, self._command_write, events_read = fork_helper(lock_fd)
         self._events = os.fdopen(events_read, "rb")
         self._lock = threading.Lock()
 

@@ -219,13 +219,20 @@ def _job_or_none(cluster, job_id):
         return None
 
 
-def test_a_killed_supervisor_does_not_free_the_gpu_while_its_job_runs(make_cluster):
+def _one_gpu_held(make_cluster):
+    """A one-GPU cluster whose GPU a job of alice's holds: (cluster, job id, its supervisor's pid,
+    a pattern matching the job's process)."""
     cluster = make_cluster(fake_gpus="1:16000")
     marker, pattern = _marker()
     first = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c", "%s & wait" % marker)
     cluster.wait_state(first, "RUNNING")
     sup_pid = _supervisor_pid(cluster, first)
     wait_for(lambda: process_alive(pattern), what="the job's process")
+    return cluster, first, sup_pid, pattern
+
+
+def test_a_killed_supervisor_does_not_free_the_gpu_while_its_job_runs(make_cluster):
+    cluster, first, sup_pid, pattern = _one_gpu_held(make_cluster)
     second = _guarded_job(cluster, BOB, pattern)
     assert cluster.job(second)["state"] == "PENDING"
 
@@ -247,12 +254,7 @@ def test_a_killed_supervisor_does_not_free_the_gpu_while_its_job_runs(make_clust
 
 
 def test_a_killed_launcher_helper_loses_no_job_and_double_books_no_gpu(make_cluster):
-    cluster = make_cluster(fake_gpus="1:16000")
-    marker, pattern = _marker()
-    first = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c", "%s & wait" % marker)
-    cluster.wait_state(first, "RUNNING")
-    sup_pid = _supervisor_pid(cluster, first)
-    wait_for(lambda: process_alive(pattern), what="the job's process")
+    cluster, first, sup_pid, pattern = _one_gpu_held(make_cluster)
     helper = _launcher_helper_pid(cluster, sup_pid)
     assert helper != sup_pid
 

@@ -130,21 +130,7 @@ def _check_open_as_user(tmp_path):
 
 def _run_helper(lines, lock_fd=None):
     """Feed `lines` to a helper process and return the events it emits."""
-    command_read, command_write = os.pipe()
-    events_read, events_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 0
-        try:
-            os.close(command_write)
-            os.close(events_read)
-            launcher._helper_main(command_read, events_write, lock_fd)
-        except BaseException:
-            status = 1
-        finally:
-            os._exit(status)
-    os.close(command_read)
-    os.close(events_write)
+    pid, command_write, events_read = launcher.fork_helper(lock_fd)
     for line in lines:
         view = memoryview(line)
         while view:
