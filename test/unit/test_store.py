@@ -198,3 +198,20 @@ def test_a_database_from_a_newer_mgpu_is_refused(state_dir):
     with pytest.raises(StoreError) as raised:
         Store(state_dir)
     assert "newer" in str(raised.value)
+
+
+def test_commits_are_durable_and_ended_jobs_lose_their_environment(store):
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at each commit
+    store.write([job(1), job(2)], [(1, {"TOKEN": "a"}), (2, {"TOKEN": "b"})], [], 3, 3)
+    store.write([finished(1, JobState.CANCELLED)], [], [], 3, 3)
+    assert store.job_env(1) == {} and store.job_env(2) == {"TOKEN": "b"}
+
+
+def test_a_failed_write_stores_nothing_and_says_so(store):
+    store.write([job(1)], [], [], 2, 2)
+    store.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON transitions BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(StoreError, match="cannot write the state database .*disk full"):
+        store.write([job(2)], [(2, {"A": "1"})], [Transition(2, 1.0, "", "PENDING", "submitted", "submit")], 3, 3)
+    assert not store.db.in_transaction
+    active, _, next_id, _ = store.load(100)
+    assert ids(active) == [1] and next_id == 2 and store.job_env(2) == {}
