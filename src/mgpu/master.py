@@ -81,9 +81,10 @@ def lock_state_dir(state_dir, wait=LOCK_WAIT):
                 os.close(fd)
                 raise
         holder = _lock_holder(fd)
-        if holder is not None and _alive(holder) or time.monotonic() > deadline:
+        master_runs = holder is not None and _alive(holder)
+        if master_runs or time.monotonic() > deadline:
             os.close(fd)
-            who = ("another mgpu master (pid %d)" % holder if holder is not None and _alive(holder)
+            who = ("another mgpu master (pid %d)" % holder if master_runs
                    else "a process left by a stopped master (pid %s)" % holder)
             raise MgpuError(errors.UNAVAILABLE, "the state directory %s is in use by %s: one master per "
                             "state directory; stop it first or use another --state-dir" % (state_dir, who))
