@@ -157,6 +157,32 @@ def _signal_if(pid, signum, still_ours):
             os.close(pidfd)
 
 
+def run_openssl(arguments, timeout=60.0):
+    """Run the `openssl` command (for `mgpu keygen`) with `arguments`, a minimal environment
+    (a fixed PATH, the C locale, no configuration file) and a deadline; its stdout as bytes. FileNotFoundError when no openssl is
+    installed, RuntimeError with its last stderr line when it fails or runs out of time."""
+    import shutil
+    import subprocess
+
+    search = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+    program = shutil.which("openssl", path=search)
+    if program is None:
+        raise FileNotFoundError("openssl")
+    # OPENSSL_CONF=/dev/null: the certificate gets the extensions asked for and nothing a
+    # host's openssl.cnf adds.
+    env = {"PATH": search, "LANG": "C", "LC_ALL": "C", "OPENSSL_CONF": "/dev/null"}
+    try:
+        done = subprocess.run([program] + list(arguments), stdin=subprocess.DEVNULL,
+                              capture_output=True, env=env, timeout=timeout, close_fds=True)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("openssl did not finish within %g s" % timeout) from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip("- ")]
+        raise RuntimeError("openssl exited with status %d: %s"
+                           % (done.returncode, lines[-1].strip() if lines else "no message"))
+    return done.stdout
+
+
 # ---------------------------------------------------------------------------------------------
 # cgroup v2
 

@@ -1,10 +1,13 @@
 """The architecture rules of DESIGN.md, checked on the source text, and for the pure core also
 in a fresh interpreter that imports it.
 
-- The pure core (model, scheduler, controller, auth) does no I/O, reads no clock and starts no
+- The pure core (model, scheduler, controller) does no I/O, reads no clock and starts no
   threads: neither it nor any mgpu module it imports (transitively) imports sockets, threads,
   time, sqlite3, pynvml, processes or the OS layer. (`signal` is allowed: the core uses signal
   numbers and names only.)
+- auth.py is pure where it can be: it reads the key file (os) and drives TLS (ssl) on sockets it
+  is given, and nothing else of that list: it opens no socket, reads no clock, starts no thread
+  or process (it imports neither socket nor time, threading or subprocess, even through mgpu).
 - Layering: only store.py imports sqlite3; only transport.py (and launcher.py, for the
   supervisor's fallback report to a daemon) imports socket/socketserver; only gpus.py imports
   pynvml; only launcher.py spawns, changes uid or sends signals.
@@ -22,8 +25,14 @@ import pytest
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[2] / "src" / "mgpu"
 PACKAGE = "mgpu"
 
-PURE_CORE = ("model", "scheduler", "controller", "auth")
-REQUIRED_PURE = ("model", "scheduler", "controller")  # auth joins when it exists
+PURE_CORE = ("model", "scheduler", "controller")
+REQUIRED_PURE = ("model", "scheduler", "controller")
+
+# auth.py: the key file and TLS, and no other forbidden module in its own source or in what it
+# imports from mgpu. Importing ssl loads socket and select (ssl's own imports): only those, on
+# top, are allowed when a fresh interpreter imports auth.
+AUTH_MAY_IMPORT = frozenset(("os", "ssl"))
+SSL_LOADS = frozenset(("posix", "socket", "_socket", "select", "selectors"))
 
 FORBIDDEN_IN_CORE = frozenset((
     "socket", "socketserver", "threading", "_thread", "time", "sqlite3", "pynvml", "psutil",
@@ -283,6 +292,21 @@ def test_a_fresh_interpreter_importing_the_pure_core_loads_no_io_clock_or_thread
     modules = ["%s.%s" % (PACKAGE, name) for name in PURE_CORE if (PACKAGE_DIR / (name + ".py")).is_file()]
     violations = fresh_import_violations(PACKAGE_DIR.parent, modules)
     assert not violations, ("pure-core rule (DESIGN.md) broken at import time:\n  " + "\n  ".join(violations))
+
+
+def test_auth_uses_only_the_key_file_and_tls():
+    assert (PACKAGE_DIR / "auth.py").is_file()
+    chains = forbidden_chains(PACKAGE_DIR, ["auth"], FORBIDDEN_IN_CORE - AUTH_MAY_IMPORT)
+    assert not chains, ("auth rule (reads its key file and drives TLS; no sockets of its own, "
+                        "no clock, threads or processes) broken:\n  " + "\n  ".join(chains))
+    used = {site.top for site in imports_of(PACKAGE_DIR, PACKAGE_DIR / "auth.py")}
+    assert AUTH_MAY_IMPORT <= used, used  # guards the rule: it must see what auth does import
+
+
+def test_a_fresh_interpreter_importing_auth_loads_nothing_but_tls_and_the_os_layer():
+    violations = fresh_import_violations(PACKAGE_DIR.parent, ["%s.auth" % PACKAGE],
+                                         FORBIDDEN_IN_CORE - AUTH_MAY_IMPORT - SSL_LOADS)
+    assert not violations, ("auth rule broken at import time:\n  " + "\n  ".join(violations))
 
 
 @pytest.mark.parametrize("forbidden", ["time", "threading", "socket", "sqlite3", "pynvml", "os"])

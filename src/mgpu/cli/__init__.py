@@ -17,6 +17,7 @@ ROLES = {
     "srun": ("mgpu.cli.srun", "submit a job; -i to wait for it and stream its output"),
     "queue": ("mgpu.cli.queue", "show jobs and GPUs"),
     "cancel": ("mgpu.cli.cancel", "cancel jobs"),
+    "keygen": ("mgpu.cli.keygen", "write a new cluster key (once per cluster; copy it to every host)"),
 }
 
 USAGE = """usage: mgpu [--debug] [--version] COMMAND [ARGS...]
@@ -32,6 +33,7 @@ examples:
   mgpu srun -i --gpus 1 -- nvidia-smi -L     run it, wait, and stream its output
   mgpu queue                                 jobs and GPUs
   mgpu cancel 42                             cancel job 42
+  sudo mgpu keygen                           write /etc/mgpu/cluster.key for a cluster of hosts
 
 'mgpu COMMAND --help' shows the options of each command.
 """
