@@ -19,8 +19,6 @@ thread per connection reads requests, posts them to the loop and waits for the r
 output files. The node agent's threads post supervisor events to the same loop.
 """
 
-import errno
-import fcntl
 import os
 import pwd
 import queue
@@ -36,6 +34,7 @@ from .gpus import open_inventory
 from .model import JobState
 from .nodeagent import NodeAgent
 from .nodelink import LocalNodeLink
+from .statelock import lock_state_dir
 from .store import Store, StoreError
 
 MAX_BATCH = 512            # events handled before one commit and one scheduler pass
@@ -45,7 +44,6 @@ STREAM_POLL_PENDING = 0.5
 STREAM_KEEPALIVE = 30.0     # a waiting stream sends a frame at least this often
 OUTPUT_CHUNK = 65536
 
-LOCK_WAIT = 15.0            # how long a starting master waits for a stopped master's helper
 STORE_RETRY = 1.0           # how often a degraded master tries to write its state again
 
 _SHUTDOWN = {"kind": "shutdown"}
@@ -63,46 +61,6 @@ class _PendingReply:
     def __init__(self, type_=None):
         self.queue = queue.SimpleQueue()
         self.type = type_
-
-
-def lock_state_dir(state_dir, wait=LOCK_WAIT):
-    """An fd holding the exclusive lock of `state_dir` (created 0700), with our pid written in
-    it; MgpuError naming the holder when another master has it."""
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(state_dir, "master.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                os.close(fd)
-                raise
-        holder = _lock_holder(fd)
-        master_runs = holder is not None and _alive(holder)
-        if master_runs or time.monotonic() > deadline:
-            os.close(fd)
-            who = ("another mgpu master (pid %d)" % holder if master_runs
-                   else "a process left by a stopped master (pid %s)" % holder)
-            raise MgpuError(errors.UNAVAILABLE, "the state directory %s is in use by %s: one master per "
-                            "state directory; stop it first or use another --state-dir" % (state_dir, who))
-        time.sleep(0.05)  # the previous master's launcher helper is handing over its last jobs
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"%d\n" % os.getpid(), 0)
-    return fd
-
-
-def _lock_holder(fd):
-    try:
-        return int(os.pread(fd, 32, 0).split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid):
-    return os.path.exists("/proc/%d" % pid)
 
 
 class _Watcher:

@@ -36,7 +36,7 @@ import json
 
 from . import errors
 from .errors import MgpuError
-from .model import (MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY,
+from .model import (MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY, MAX_SIGNAL,
                     MAX_SECONDS, is_signal)
 
 VERSION = 1
@@ -336,3 +336,131 @@ def _check_submit(fields):
     signum = fields.get("warn_signal")
     if signum is not None and not is_signal(signum):
         _invalid("submit", "warn_signal %s is not a signal" % _show(signum))
+
+
+# ---------------------------------------------------------------------------------------------
+# The node link: messages between the master and a node agent, over TLS (auth.py), after the
+# node proved it holds the cluster key. Each message type is declared once here with its
+# fields and their limits; `check_node_message` refuses anything else. Node names come from
+# registration, never from a later message; job reports carry the attempt they are about, so a
+# late or repeated report about an older attempt is recognised and ignored by the controller.
+
+MAX_NODE_FRAME = 4 << 20   # a launch carries a job's environment and command
+MAX_NODE_NAME = 64
+MAX_REASON = 1000
+MAX_ATTEMPTS_REPORTED = 100_000
+PHASES = ("intent", "launched", "started", "exited")
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def valid_node_name(name):
+    return (isinstance(name, str) and 0 < len(name) <= MAX_NODE_NAME and name[0] != "-"
+            and set(name) <= _NAME_CHARS)
+
+
+# Field kinds: ("int", low, high), ("str", most characters), ("bool",), ("list", most, kind),
+# ("obj", {field: (kind, required)}), ("map", most, value kind) with string keys, ("any_job",)
+# for a launch's job record (checked by the node as a Job). A trailing "?" on a kind's name
+# accepts null.
+_JOB_ID = ("int", 1, MAX_JOB_ID)
+_ATTEMPT = ("int", 1, 1 << 31)
+_GPU = ("obj", {"index": (("int", 0, MAX_GPU_INDEX), True), "uuid": (("str", 128), False),
+                "name": (("str", 128), False), "memory_mb": (("int", 1, MAX_MEM_MB), True),
+                "external_mb": (("int", 0, MAX_MEM_MB), False)})
+_REPORTED = ("obj", {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True),
+                     "phase": (("str", 16), True)})
+
+NODE_MESSAGES = {
+    # node -> master
+    "node_register": {"name": (("str", MAX_NODE_NAME), True), "gpus": (("list", MAX_GPUS, _GPU), True),
+                      "attempts": (("list", MAX_ATTEMPTS_REPORTED, _REPORTED), True),
+                      "boot_id": (("str?", 64), False)},
+    "node_heartbeat": {"usage": (("map", MAX_GPUS, ("int", 0, MAX_MEM_MB)), False)},
+    "job_started": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True),
+                    "sup_pid": (("int?", 0, 1 << 31), False), "sup_start": (("int?", 0, 1 << 62), False),
+                    "pgid": (("int?", 0, 1 << 31), False)},
+    "job_exited": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True),
+                   "exit_code": (("int?", 0, 1 << 16), False), "signal": (("int?", 0, MAX_SIGNAL), False),
+                   "error": (("str?", MAX_REASON), False)},
+    "job_lost": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "started": (("bool",), True),
+                 "reason": (("str?", MAX_REASON), False)},
+    # master -> node
+    "launch": {"job": (("obj", None), True), "env": (("map", MAX_ENV_ENTRIES, ("str", MAX_COMMAND_BYTES)), True)},
+    "signal": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "signum": (("int", 1, MAX_SIGNAL), True)},
+    "release": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
+    "kill": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
+}
+NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost"))
+MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill"))
+
+
+def node_message(type_, **fields):
+    fields["v"] = VERSION
+    fields["type"] = type_
+    return fields
+
+
+def check_node_message(message, allowed):
+    """(type, fields) of a well-formed node-link message whose type is in `allowed`;
+    MgpuError(BAD_REQUEST or VERSION_MISMATCH) otherwise. Unknown fields are dropped."""
+    if not isinstance(message, dict):
+        raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
+    version = message.get("v")
+    if not _is_int(version) or version != VERSION:
+        raise MgpuError(errors.VERSION_MISMATCH, "protocol version mismatch: this side speaks %d, the "
+                        "other %s (use the same mgpu version on every host)" % (VERSION, _show(version)))
+    type_ = message.get("type")
+    if not isinstance(type_, str) or type_ not in allowed:
+        raise MgpuError(errors.BAD_REQUEST, "unexpected node-link message %s" % _show(type_))
+    fields = _check_fields(type_, NODE_MESSAGES[type_], message)
+    if type_ == "node_register":
+        if not valid_node_name(fields["name"]):
+            _bad(type_, "a node name is 1 to %d letters, digits, '.', '_' or '-'" % MAX_NODE_NAME)
+        if any(r["phase"] not in PHASES for r in fields["attempts"]):
+            _bad(type_, "unknown attempt phase")
+    return type_, fields
+
+
+def _check_fields(type_, spec, message):
+    fields = {}
+    for name, (kind, required) in spec.items():
+        if name not in message:
+            if required:
+                _bad(type_, "missing field %r" % name)
+            continue
+        fields[name] = _check_kind(type_, name, kind, message[name])
+    return fields
+
+
+def _check_kind(type_, name, kind, value):
+    tag = kind[0]
+    if tag.endswith("?"):
+        if value is None:
+            return None
+        tag = tag[:-1]
+    if tag == "int":
+        if not _is_int(value) or not kind[1] <= value <= kind[2]:
+            _bad(type_, "%s must be a whole number from %d to %d" % (name, kind[1], kind[2]))
+    elif tag == "bool":
+        if not isinstance(value, bool):
+            _bad(type_, "%s must be true or false" % name)
+    elif tag == "str":
+        if not isinstance(value, str) or len(value) > kind[1] or not _plain(value):
+            _bad(type_, "%s must be text of at most %d characters without NUL" % (name, kind[1]))
+    elif tag == "list":
+        if not isinstance(value, list) or len(value) > kind[1]:
+            _bad(type_, "%s must be a list of at most %d items" % (name, kind[1]))
+        value = [_check_kind(type_, name, kind[2], item) for item in value]
+    elif tag == "map":
+        if not isinstance(value, dict) or len(value) > kind[1]:
+            _bad(type_, "%s must be a mapping of at most %d entries" % (name, kind[1]))
+        if not all(isinstance(k, str) and _plain(k) and len(k) <= MAX_ENV_KEY for k in value):
+            _bad(type_, "%s has a bad key" % name)
+        value = {k: _check_kind(type_, name, kind[2], v) for k, v in value.items()}
+    elif tag == "obj":
+        if not isinstance(value, dict):
+            _bad(type_, "%s must be an object" % name)
+        if kind[1] is not None:
+            value = _check_fields(type_, kind[1], value)
+    return value

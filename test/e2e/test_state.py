@@ -32,7 +32,7 @@ def test_a_second_master_on_the_same_state_directory_is_refused(cluster):
     finally:
         second.stop()
     lines = second.log.strip().splitlines()
-    assert lines == ["mgpu: the state directory %s is in use by another mgpu master (pid %d): one master "
+    assert lines == ["mgpu: the state directory %s is in use by another mgpu daemon (pid %d): one daemon "
                      "per state directory; stop it first or use another --state-dir"
                      % (cluster.master.state_dir, cluster.master.process.pid)], second.log
     assert not os.path.exists(second.socket)
