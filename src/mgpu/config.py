@@ -34,6 +34,11 @@ OPTIONS = {
     "keep_finished": (10000, "finished jobs kept in memory for 'mgpu queue --all' (all stay in the database)"),
     "max_connections": (1024, "client connections served at once; more are refused until some close"),
     "max_connections_per_user": (128, "client connections of one user served at once (root: only max_connections)"),
+    "listen": (None, "HOST:PORT (or HOST, port 8080) where the master accepts node agents; none: single host"),
+    "key_file": ("/etc/mgpu/cluster.key", "the cluster key (mgpu keygen) every master and node shares"),
+    "master": (None, "HOST:PORT of the master, for a node agent (also MGPU_MASTER_HOST, MGPU_MASTER_PORT)"),
+    "heartbeat_interval": (30, "seconds between a node agent's heartbeats"),
+    "node_timeout": (60, "seconds without a heartbeat after which the master declares a node down"),
 }
 
 
@@ -156,7 +161,52 @@ def validate(raw, uid, source="defaults"):
     if not isinstance(values["allow_root_jobs"], bool):
         raise ConfigError("allow_root_jobs must be true or false")
     values["node_name"] = str(values["node_name"] or os.uname().nodename.split(".")[0])
+    for name in ("listen", "master"):
+        if values[name] is not None:
+            values[name] = format_address(*parse_address(values[name], name))
+    values["key_file"] = str(values["key_file"])
+    for name in ("heartbeat_interval", "node_timeout"):
+        try:
+            values[name] = float(values[name])
+        except (TypeError, ValueError):
+            raise ConfigError("%s must be a number of seconds, not %r" % (name, values[name])) from None
+        if not 0.1 <= values[name] <= 86400:
+            raise ConfigError("%s must be from 0.1 to 86400 seconds" % name)
+    if values["node_timeout"] <= values["heartbeat_interval"]:
+        raise ConfigError("node_timeout (%gs) must be longer than heartbeat_interval (%gs)"
+                          % (values["node_timeout"], values["heartbeat_interval"]))
     return Config(values, source)
+
+
+DEFAULT_PORT = 8080
+
+
+def format_address(host, port):
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def parse_address(text, what="address"):
+    """(host, port) from 'HOST:PORT', 'HOST' (port 8080) or '[IPv6]:PORT'; ConfigError otherwise."""
+    text = str(text).strip()
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError("%s %r: a bracketed IPv6 address needs its ']'" % (what, text))
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError("%s %r: use [IPV6]:PORT" % (what, text))
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        port = int(port)
+    except ValueError:
+        raise ConfigError("%s %r: the port must be a number" % (what, text)) from None
+    if not host or not 1 <= port <= 65535 or any(c.isspace() for c in host) or len(host) > 255:
+        raise ConfigError("%s %r: use HOST:PORT with a port from 1 to 65535" % (what, text))
+    return host, port
 
 
 def load(path=None, overrides=None, uid=None, environ=None):
@@ -178,6 +228,8 @@ def load(path=None, overrides=None, uid=None, environ=None):
             raise ConfigError(message) from None
     if environ.get("MGPU_SOCKET"):
         raw["socket"] = environ["MGPU_SOCKET"]
+    if environ.get("MGPU_MASTER_HOST"):
+        raw["master"] = "%s:%s" % (environ["MGPU_MASTER_HOST"], environ.get("MGPU_MASTER_PORT") or DEFAULT_PORT)
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value

@@ -17,8 +17,8 @@ import signal as _signal
 
 from . import errors, scheduler
 from .errors import MgpuError
-from .model import (DEFAULT_WARN_SECONDS, Gpu, Job, JobState, Node, ResourceRequest, Transition,
-                    format_duration)
+from .model import (DEFAULT_WARN_SECONDS, Gpu, Job, JobState, Node, NodeState, ResourceRequest,
+                    Transition, format_duration)
 
 SIGTERM = int(_signal.SIGTERM)
 SIGKILL = int(_signal.SIGKILL)
@@ -123,6 +123,11 @@ def describe_command(command):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# The events the master feeds to handle(), besides requests; each has a handler `_on_<kind>`.
+EVENTS = frozenset(("node_up", "node_heartbeat", "node_down", "gpu_usage", "job_started", "job_exited",
+                    "job_lost"))
+
+
 class Controller:
     def __init__(self, settings, jobs=(), next_id=1, next_seq=1):
         self.settings = settings
@@ -192,10 +197,9 @@ class Controller:
         kind = event.get("kind")
         if kind == "request":
             return self._request(event, now)
-        handler = getattr(self, "_on_" + str(kind), None)
-        if handler is None:
-            return [Log("ignored unknown event %r" % kind)]
-        return handler(event, now)
+        if kind not in EVENTS:
+            return [Log("ignored unknown event %r" % (kind,))]
+        return getattr(self, "_on_" + kind)(event, now)
 
     def _request(self, event, now):
         token, peer, type_ = event["token"], event["peer"], event["type"]
@@ -367,9 +371,44 @@ class Controller:
 
     def _on_node_up(self, event, now):
         gpus = [Gpu.from_dict(g) for g in event["gpus"]]
-        self.nodes[event["name"]] = Node(event["name"], gpus)
+        name, address = event["name"], event.get("address")
+        self.nodes[name] = Node(name, gpus, address=address, last_heartbeat=now)
         self.dirty = True
-        return [Log("node %s up with %s" % (event["name"], _plural(len(gpus), "GPU")))]
+        where = " from %s" % address if address else ""
+        return [Log("node %s up%s with %s" % (name, where, _plural(len(gpus), "GPU")))]
+
+    def _on_node_heartbeat(self, event, now):
+        node = self.nodes.get(event["name"])
+        if node is not None:
+            node.last_heartbeat = now
+        return []
+
+    def _on_node_down(self, event, now):
+        """A node stopped answering: its GPUs leave the pool and its running jobs end NODE_FAIL
+        (or go back to the queue when they allow a requeue)."""
+        name, reason = event["name"], "node %s is down: %s" % (event["name"], event.get("reason") or "no heartbeat")
+        actions = []
+        node = self.nodes.get(name)
+        if node is not None:
+            if node.state == NodeState.DOWN:
+                return []
+            node.state = NodeState.DOWN
+            actions.append(Log(reason))
+        self.dirty = True
+        for job in [j for j in self.running.values() if j.node == name]:
+            actions.extend(self._on_job_lost({"node": name, "job_id": job.id, "attempt": job.attempt,
+                                              "started": True, "reason": reason}, now))
+        return actions
+
+    def attempts_to_keep(self, name, reported):
+        """Reconciliation with a node that (re)registers: of the attempts it reports
+        [(job_id, attempt)], those this master still considers running there. The node kills the
+        others (fenced by attempt number). Running jobs it does not report never started there
+        (no record of even an intent): they go back to the queue."""
+        reported = set(reported)
+        keep = [[j.id, j.attempt] for j in self.running.values() if j.node == name and (j.id, j.attempt) in reported]
+        missing = [j for j in self.running.values() if j.node == name and (j.id, j.attempt) not in reported]
+        return keep, missing
 
     def _on_gpu_usage(self, event, now):
         node = self.nodes.get(event["node"])
@@ -665,8 +704,19 @@ class Controller:
                 gpus.append({"index": gpu.index, "uuid": gpu.uuid, "name": gpu.name,
                              "memory_mb": gpu.memory_mb, "reserved_mb": min(reserved, gpu.memory_mb),
                              "external_mb": gpu.external_mb, "jobs": [j.id for j in jobs]})
-            rows.append({"name": node.name, "state": node.state, "gpus": gpus})
+            rows.append({"name": node.name, "state": self._node_state(node, holders), "gpus": gpus,
+                         "address": node.address, "last_heartbeat": node.last_heartbeat})
         return rows
+
+    @staticmethod
+    def _node_state(node, holders):
+        """down, or by its GPUs: idle (none held), allocated (all held), mixed."""
+        if node.state == NodeState.DOWN:
+            return "down"
+        held = sum(1 for gpu in node.gpus if (node.name, gpu.index) in holders)
+        if not held:
+            return "idle"
+        return "allocated" if held == len(node.gpus) else "mixed"
 
     # -- recovery ---------------------------------------------------------------------------
 

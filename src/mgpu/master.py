@@ -33,7 +33,7 @@ from .errors import MgpuError
 from .gpus import open_inventory
 from .model import JobState
 from .nodeagent import NodeAgent
-from .nodelink import LocalNodeLink
+from .nodelink import LocalNodeLink, RemoteNodeLink
 from .statelock import lock_state_dir
 from .store import Store, StoreError
 
@@ -45,6 +45,15 @@ STREAM_KEEPALIVE = 30.0     # a waiting stream sends a frame at least this often
 OUTPUT_CHUNK = 65536
 
 STORE_RETRY = 1.0           # how often a degraded master tries to write its state again
+
+NODE_HANDSHAKE_TIMEOUT = 10.0  # TLS handshake and registration of a node agent
+NODE_LINK_EVENTS = frozenset(("node_register", "node_report", "node_link_lost"))
+# Optional fields of a node's job reports, as the controller reads them.
+NODE_REPORT_DEFAULTS = {
+    "job_started": {"sup_pid": None, "sup_start": None, "pgid": None},
+    "job_exited": {"exit_code": None, "signal": None, "error": None},
+    "job_lost": {"reason": None},
+}
 
 _SHUTDOWN = {"kind": "shutdown"}
 
@@ -104,6 +113,11 @@ class Master:
         self.server = transport.unix_server(config.socket, self._serve_connection, log,
                                             max_connections=config.max_connections,
                                             max_connections_per_user=config.max_connections_per_user)
+        self.node_server = None
+        if config.listen:
+            self._open_node_listener(config)
+        self.node_seen = {}       # remote node name -> monotonic time it was last heard from
+        self.node_grace = {}      # remote node name -> monotonic deadline to re-register after our start
         self.watchers = {}
         self.counts = (len(active), len(finished))
         # Degraded mode (the store cannot be written): what is not stored yet.
@@ -145,10 +159,20 @@ class Master:
             signal.signal(signum, lambda *_: self.events.put(_SHUTDOWN))
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
                          name="server", daemon=True).start()
+        if self.node_server is not None:
+            threading.Thread(target=self.node_server.serve_forever, kwargs={"poll_interval": 0.5},
+                             name="node-server", daemon=True).start()
+            log("accepting node agents on %s (TLS 1.3, cluster key %s)" % (c.listen, c.key_file))
         try:
             self._loop()
         finally:
             self.server.shutdown()
+            if self.node_server is not None:
+                self.node_server.shutdown()
+                self.node_server.server_close()
+                for link in list(self.links.values()):
+                    if isinstance(link, RemoteNodeLink):
+                        link.close()
             self.server.server_close()
             self.server.remove()
             self.agent.stop()
@@ -179,6 +203,12 @@ class Master:
         if renamed:
             self._carry_out(c.rehome([j.id for j in renamed], self.agent.name, time.time()))
         self.agent.adopt(here)
+        if self.node_server is not None:
+            # Their nodes reconnect by themselves: wait node_timeout before declaring them down.
+            deadline = time.monotonic() + self.config.node_timeout
+            for job in elsewhere:
+                self.node_grace.setdefault(job.node, deadline)
+            return
         for job in elsewhere:
             self.events.put({"kind": "job_lost", "node": job.node, "job_id": job.id, "attempt": job.attempt,
                              "started": True, "reason": "its node %s is not part of this cluster" % job.node})
@@ -206,6 +236,11 @@ class Master:
                 if kind == "watch":
                     self._add_watcher(event["watcher"])
                     continue
+                if kind in NODE_LINK_EVENTS:
+                    event = self._node_link_event(event, now)
+                    if event is None:
+                        continue
+                    kind = event.get("kind")
                 if self.degraded and kind == "request" and event["type"] == "submit":
                     event["token"].queue.put(protocol.error(errors.UNAVAILABLE, self._degraded_line()))
                     continue
@@ -216,6 +251,12 @@ class Master:
                     if kind == "request":
                         actions.append(ctl.Reply(event["token"], protocol.error(
                             errors.INTERNAL, "internal error: %s" % e)))
+            if self.node_seen or self.node_grace:
+                for event in self._nodes_gone_silent():
+                    try:
+                        actions.extend(c.handle(event, now))
+                    except Exception as e:
+                        log("internal error handling node_down: %s: %s" % (type(e).__name__, e))
             steps = (c.advance,) if self.degraded else (c.advance, c.schedule)  # no starts unstored
             for step in steps:
                 try:
@@ -249,7 +290,12 @@ class Master:
                 action.token.queue.put(action.message)
             elif kind is ctl.Launch:
                 job = action.job
-                self.links[job.node].start_job(job, self.store.job_env(job.id))
+                link = self.links.get(job.node)
+                if link is None:  # its node's link went away since the pass: never started
+                    self.events.put({"kind": "job_lost", "node": job.node, "job_id": job.id, "attempt": job.attempt,
+                                     "started": False, "reason": "the link to node %s was lost" % job.node})
+                else:
+                    link.start_job(job, self.store.job_env(job.id))
             elif kind is ctl.SignalJob:
                 link = self.links.get(action.node)
                 if link is not None:
@@ -264,6 +310,145 @@ class Master:
             log(*lines)
         if self.watchers and actions:
             self._update_watchers()
+
+    # -- node agents on other hosts ----------------------------------------------------------
+
+    def _open_node_listener(self, config):
+        from . import auth
+        from .config import parse_address
+
+        self.cluster_key = auth.load_key(config.key_file)
+        self.tls_context = auth.server_context(self.cluster_key)
+        host, port = parse_address(config.listen, "listen")
+        self.node_server = transport.tcp_server(host, port, self._serve_node, log)
+
+    def _serve_node(self, sock, address):
+        """One node agent's connection (a thread of the TCP server): TLS with the cluster key,
+        registration, then its reports, each posted to the loop as an event."""
+        from . import auth
+
+        peer = address[0]
+        try:
+            tls = auth.wrap_server(sock, self.tls_context, self.cluster_key, NODE_HANDSHAKE_TIMEOUT)
+        except Exception as e:
+            log("refused a node link from %s: %s" % (peer, getattr(e, "message", None) or "%s: %s" % (
+                type(e).__name__, e)))
+            _close_quietly(sock)
+            return
+        connection = transport.Connection(tls, protocol.MAX_NODE_FRAME)
+        link = None
+        try:
+            try:
+                message = connection.read(NODE_HANDSHAKE_TIMEOUT)
+                if message is None:
+                    return
+                _, fields = protocol.check_node_message(message, ("node_register",))
+            except MgpuError as e:
+                log("refused a node link from %s: %s" % (peer, e.message))
+                _send_quietly(connection, protocol.error_from(e))
+                return
+            link = RemoteNodeLink(fields["name"], connection, peer, log)
+            token = _PendingReply("node_register")
+            self.events.put({"kind": "node_register", "link": link, "fields": fields, "token": token})
+            try:
+                reply = token.queue.get(timeout=transport.REPLY_TIMEOUT)
+            except queue.Empty:
+                reply = protocol.error(errors.TIMEOUT, "the master did not answer in time")
+            if not _send_quietly(connection, reply) or not reply.get("ok"):
+                return
+            link.start()
+            reason = "the node closed the link"
+            while True:
+                try:
+                    message = connection.read(self.config.node_timeout)
+                except MgpuError as e:
+                    reason = e.message
+                    break
+                except Exception as e:  # a TLS record that fails its check, a reset
+                    reason = "%s: %s" % (type(e).__name__, e)
+                    break
+                if message is None:
+                    break
+                try:
+                    type_, fields = protocol.check_node_message(message, protocol.NODE_TO_MASTER - {"node_register"})
+                except MgpuError as e:
+                    reason = "bad message: %s" % e.message
+                    break
+                self.events.put({"kind": "node_report", "link": link, "type": type_, "fields": fields})
+            self.events.put({"kind": "node_link_lost", "link": link, "reason": reason})
+        finally:
+            if link is not None:
+                link.close()
+            else:
+                connection.close()
+
+    def _node_link_event(self, event, now):
+        """A node-link event, handled here (links are the master's); returns the controller
+        event it becomes, or None."""
+        kind, link = event["kind"], event["link"]
+        if kind == "node_register":
+            return self._register_node(event, now)
+        if self.links.get(link.name) is not link:
+            return None  # a report from a link that was replaced or lost: stale
+        if kind == "node_link_lost":
+            del self.links[link.name]
+            log("node %s: link lost (%s); it is declared down in %gs unless it reconnects"
+                % (link.name, event["reason"], self.config.node_timeout))
+            return None
+        self.node_seen[link.name] = time.monotonic()
+        type_, fields = event["type"], event["fields"]
+        if type_ == "node_heartbeat":
+            if fields.get("usage"):
+                self.events.put({"kind": "gpu_usage", "node": link.name, "usage": fields["usage"]})
+            return {"kind": "node_heartbeat", "name": link.name}
+        report = dict(NODE_REPORT_DEFAULTS.get(type_, {}), **fields)
+        report.update(kind=type_, node=link.name)
+        return report
+
+    def _register_node(self, event, now):
+        link, fields, token = event["link"], event["fields"], event["token"]
+        name = link.name
+        if name == self.agent.name:
+            token.queue.put(protocol.error(errors.PERMISSION_DENIED, "the name %s is the master's own node: "
+                                           "start the node with another --name" % name))
+            log("refused node %s from %s: the name is the master's own node" % (name, link.address))
+            return None
+        old = self.links.get(name)
+        if old is not None:
+            log("node %s reconnected from %s: the previous link is closed" % (name, link.address))
+            old.close()
+        self.links[name] = link
+        self.node_seen[name] = time.monotonic()
+        self.node_grace.pop(name, None)
+        c = self.controller
+        reported = [(a["job_id"], a["attempt"]) for a in fields["attempts"]]
+        keep, missing = c.attempts_to_keep(name, reported)
+        token.queue.put(protocol.ok({"keep": keep, "heartbeat_interval": self.config.heartbeat_interval}))
+        for job in missing:
+            self.events.put({"kind": "job_lost", "node": name, "job_id": job.id, "attempt": job.attempt,
+                             "started": False, "reason": "node %s has no record of it" % name})
+        if keep:
+            log("node %s: keeping %d running job%s" % (name, len(keep), "" if len(keep) == 1 else "s"))
+        return {"kind": "node_up", "name": name, "gpus": fields["gpus"], "address": link.address}
+
+    def _nodes_gone_silent(self):
+        """node_down events for remote nodes not heard from for node_timeout (or not back within
+        the grace after our own start)."""
+        now, timeout, events = time.monotonic(), self.config.node_timeout, []
+        for name, seen in list(self.node_seen.items()):
+            if now - seen > timeout:
+                del self.node_seen[name]
+                link = self.links.pop(name, None)
+                if link is not None:
+                    link.close()
+                events.append({"kind": "node_down", "name": name,
+                               "reason": "no heartbeat for %gs" % timeout})
+        for name, deadline in list(self.node_grace.items()):
+            if now > deadline:
+                del self.node_grace[name]
+                events.append({"kind": "node_down", "name": name,
+                               "reason": "it did not reconnect within %gs of the master's start" % timeout})
+        return events
 
     # -- a store that cannot be written -------------------------------------------------------
 
@@ -449,6 +634,13 @@ class Master:
                 connection.send({"type": "output", "stream": stream, "data": chunk.decode("latin-1")})
                 if len(chunk) < OUTPUT_CHUNK and not final:
                     break
+
+
+def _close_quietly(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 def _send_quietly(connection, message):

@@ -124,12 +124,14 @@ class NodeState:
 
 
 class Node:
-    __slots__ = ("name", "gpus", "state")
+    __slots__ = ("name", "gpus", "state", "address", "last_heartbeat")
 
-    def __init__(self, name, gpus, state=NodeState.UP):
+    def __init__(self, name, gpus, state=NodeState.UP, address=None, last_heartbeat=None):
         self.name = name
         self.gpus = list(gpus)
         self.state = state
+        self.address = address                # where a remote node connects from; None: the master's host
+        self.last_heartbeat = last_heartbeat  # time of its last registration or heartbeat
 
     def gpu(self, index):
         for gpu in self.gpus:

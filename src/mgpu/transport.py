@@ -309,3 +309,70 @@ def _allow_open_files(max_connections):
                                (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
         except (ValueError, OSError):
             pass
+
+
+# ---------------------------------------------------------------------------------------------
+# TCP, for the node link (the TLS layer on top is auth.py's)
+
+MAX_NODE_CONNECTIONS = 4096  # node links (and handshakes in progress) served at once
+
+
+def connect_tcp(host, port, timeout=CONNECT_TIMEOUT):
+    """A connected TCP socket to (host, port), with `timeout` on the connect; OSError."""
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def tcp_server(host, port, serve_connection, log, max_connections=MAX_NODE_CONNECTIONS):
+    """A threaded TCP server on (host, port): `serve_connection(sock, address)` runs in a thread
+    per connection (it owns the socket: the TLS handshake comes first), for at most
+    `max_connections` at once; over that, the connection is closed at accept time."""
+    import socketserver
+    import threading
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            try:
+                self.server.serve_connection(self.request, self.client_address)
+            except Exception as e:  # never let one connection take the server down
+                log("node link from %s: %s: %s" % (self.client_address[0], type(e).__name__, e))
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    class TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        address_family = family
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 128
+
+        def __init__(self, *args):
+            self.open_connections = 0
+            self.limits_lock = threading.Lock()
+            super().__init__(*args)
+
+        def process_request(self, request, client_address):
+            with self.limits_lock:
+                full = self.open_connections >= max_connections
+                if not full:
+                    self.open_connections += 1
+            if full:
+                log("node link from %s refused: %d connections open" % (client_address[0], max_connections))
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                with self.limits_lock:
+                    self.open_connections -= 1
+
+        def handle_error(self, request, client_address):
+            pass  # logged in Handler
+
+    try:
+        server = TcpServer((host, port), Handler)
+    except OSError as e:
+        raise MgpuError(errors.UNAVAILABLE, "cannot listen on %s:%d: %s" % (host, port, e.strerror or e)) from None
+    server.serve_connection = serve_connection
+    return server

@@ -115,15 +115,39 @@ def test_every_option_can_come_from_the_file(tmp_path):
         "socket: /s.sock", "state_dir: /state", "fake_gpus: '2:1000'", "max_job_time: '1:00:00'",
         "max_user_priority: 5", "kill_grace: 2.5", "policy: spread", "operators: [alice, bob]",
         "allow_root_jobs: true", "node_name: gpu7", "keep_finished: 50", "max_connections: 64",
-        "max_connections_per_user: 8", ""])))
+        "max_connections_per_user: 8", "listen: 10.1.2.3:9000", "key_file: /k/cluster.key",
+        "master: 'gpu1'", "heartbeat_interval: 2", "node_timeout: 7.5", ""])))
     assert c.as_dict() == {
         "socket": "/s.sock", "state_dir": "/state",
         "fake_gpus": [{"index": i, "name": "Fake GPU", "uuid": "GPU-fake-%04d" % i, "memory_mb": 1000,
                        "external_mb": 0} for i in range(2)],
         "max_job_time": 3600, "max_user_priority": 5, "kill_grace": 2.5, "policy": "spread",
         "operators": ("alice", "bob"), "allow_root_jobs": True, "node_name": "gpu7", "keep_finished": 50,
-        "max_connections": 64, "max_connections_per_user": 8}
+        "max_connections": 64, "max_connections_per_user": 8, "listen": "10.1.2.3:9000",
+        "key_file": "/k/cluster.key", "master": "gpu1:8080", "heartbeat_interval": 2.0, "node_timeout": 7.5}
     assert set(c.as_dict()) == set(config.OPTIONS)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"listen": "h:0"}, "listen 'h:0': use HOST:PORT with a port from 1 to 65535"),
+    ({"master": "h:x"}, "master 'h:x': the port must be a number"),
+    ({"listen": "[::1"}, "listen '[::1': a bracketed IPv6 address needs its ']'"),
+    ({"heartbeat_interval": "fast"}, "heartbeat_interval must be a number of seconds, not 'fast'"),
+    ({"node_timeout": 0}, "node_timeout must be from 0.1 to 86400 seconds"),
+    ({"heartbeat_interval": 10, "node_timeout": 5}, "node_timeout (5s) must be longer than heartbeat_interval (10s)"),
+])
+def test_bad_link_options_are_one_line(overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        load(overrides=overrides)
+    assert caught.value.message == message
+
+
+def test_addresses_are_normalised_and_the_master_may_come_from_the_environment():
+    assert load(overrides={"listen": "[::1]:9000"}).listen == "[::1]:9000"
+    assert load(overrides={"listen": "0.0.0.0"}).listen == "0.0.0.0:8080"
+    c = load(environ={"MGPU_MASTER_HOST": "10.0.0.9", "MGPU_MASTER_PORT": "9001"})
+    assert c.master == "10.0.0.9:9001"
+    assert load(overrides={"master": "h:1"}, environ={"MGPU_MASTER_HOST": "x"}).master == "h:1"
 
 
 def test_operators_may_be_a_comma_or_space_separated_string():

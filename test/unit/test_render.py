@@ -55,9 +55,9 @@ def test_a_long_escaped_name_is_cut_without_raw_controls():
 
 
 def test_user_node_and_gpu_names_are_escaped_in_the_gpus_table():
-    nodes = [{"name": "n\x1b]0;x\x07", "state": "UP", "gpus": [
+    nodes = [{"name": "n\x1b]0;x\x07", "state": "idle", "gpus": [
         {"index": 0, "name": "GPU\n\x1b[2J", "reserved_mb": 0, "memory_mb": 100, "external_mb": 0, "jobs": []}]},
-        {"name": "down\x85", "state": "DOWN", "gpus": []}]
+        {"name": "down\x85", "state": "down", "gpus": []}]
     table = render.gpus_table(nodes)
     assert not raw_controls(table)
     assert "n\\x1b]0;x\\x07" in table and "GPU\\n\\x1b[2J" in table and "down\\u0085" in table
@@ -71,3 +71,15 @@ def test_json_is_exact_and_has_no_raw_controls():
     assert not raw_controls(out) and "\x1b" not in out
     assert json.loads(out)["jobs"][0]["name"] == HOSTILE + "\x85\ud800"
     assert json.loads(out)["jobs"][0]["command"] == ["echo", "\x1b"]
+
+
+def test_the_node_table_shows_state_address_use_and_last_heartbeat():
+    nodes = [{"name": "gpu1", "state": "mixed", "address": "10.0.0.2", "last_heartbeat": 95.0, "gpus": [
+        {"index": 0, "jobs": [3]}, {"index": 1, "jobs": []}]},
+        {"name": "head", "state": "idle", "address": None, "last_heartbeat": None, "gpus": []},
+        {"name": "n\x1b[2J", "state": "down", "address": "10.0.0.3\n", "last_heartbeat": 40.0, "gpus": []}]
+    lines = render.nodes_table(nodes, 100.0).split("\n")
+    assert lines[0].split() == ["NODE", "STATE", "ADDRESS", "GPUS", "(USED/TOTAL)", "LAST", "HEARTBEAT"]
+    assert lines[1].split() == ["gpu1", "mixed", "10.0.0.2", "1/2", "0:05", "ago"]
+    assert lines[2].split() == ["head", "idle", "(master)", "0/0", "-"]
+    assert lines[3].split() == ["n\\x1b[2J", "down", "10.0.0.3\\n", "0/0", "1:00", "ago"]

@@ -14,6 +14,8 @@ EXAMPLES = """examples:
   sudo mgpu master --max-job-time 4:00:00         requeue jobs past 4 h while others wait for their GPUs
   mgpu master --fake-gpus 4:81920                 try it without GPUs or root (single-user mode)
   sudo mgpu master --config /etc/mgpu/mgpu.yaml   options from a file (the default when present)
+  sudo mgpu master --listen 10.0.0.1:8080 --key /etc/mgpu/cluster.key
+                                                 also schedule the GPUs of node agents (mgpu node)
 """
 
 
@@ -30,6 +32,10 @@ def build_parser():
     parser.add_argument("--max-user-priority", metavar="P", type=int, help="highest --priority for ordinary users (default 100)")
     parser.add_argument("--node-name", metavar="NAME", help="this host's name in the cluster (default: host name)")
     parser.add_argument("--allow-root-jobs", action="store_true", default=None, help="run jobs submitted by root as root")
+    parser.add_argument("--listen", metavar="HOST[:PORT]", help="accept node agents of other GPU hosts here (TLS; port 8080 by default)")
+    parser.add_argument("--key", metavar="PATH", help="the cluster key made by 'mgpu keygen' (default /etc/mgpu/cluster.key)")
+    parser.add_argument("--node-timeout", metavar="SECONDS", type=float, help="a node silent this long is down (default 60)")
+    parser.add_argument("--heartbeat-interval", metavar="SECONDS", type=float, help="heartbeat period told to node agents (default 30)")
     return parser
 
 
@@ -43,6 +49,7 @@ def main(argv):
     overrides = {"socket": args.socket, "state_dir": args.state_dir, "fake_gpus": args.fake_gpus,
                  "max_job_time": args.max_job_time, "kill_grace": args.kill_grace, "policy": args.policy,
                  "max_user_priority": args.max_user_priority, "node_name": args.node_name,
-                 "allow_root_jobs": args.allow_root_jobs}
+                 "allow_root_jobs": args.allow_root_jobs, "listen": args.listen, "key_file": args.key,
+                 "node_timeout": args.node_timeout, "heartbeat_interval": args.heartbeat_interval}
     settings = config.load(args.config, overrides)
     return Master(settings).run()

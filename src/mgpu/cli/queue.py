@@ -39,7 +39,12 @@ def main(argv):
         return 0
     jobs = result["jobs"]
     show_exit = args.all or any(j["state"] not in ("PENDING", "RUNNING") for j in jobs)
-    print(render.jobs_table(jobs, render.now_of(result), show_exit))
+    now = render.now_of(result)
+    print(render.jobs_table(jobs, now, show_exit))
+    nodes = result["nodes"]
+    if len(nodes) > 1 or any(node.get("address") for node in nodes):
+        print()
+        print(render.nodes_table(nodes, now))
     print()
-    print(render.gpus_table(result["nodes"]))
+    print(render.gpus_table(nodes))
     return 0

@@ -98,12 +98,26 @@ def gpus_table(nodes):
             memory = "%d/%d" % (gpu["reserved_mb"], gpu["memory_mb"])
             if gpu.get("external_mb"):
                 memory += " (+%d used outside mgpu)" % gpu["external_mb"]
-            node_cell = text(node["name"]) if node["state"] == "UP" else "%s (%s)" % (
+            node_cell = text(node["name"]) if node["state"] != "down" else "%s (%s)" % (
                 text(node["name"]), text(node["state"]))
             rows.append([node_cell, str(gpu["index"]), text(gpu["name"]), memory,
                          ",".join(map(str, gpu["jobs"])) or "-"])
         if not node["gpus"]:
             rows.append([text(node["name"]), "-", "(no GPUs)", "-", "-"])
+    return table(headers, rows)
+
+
+def nodes_table(nodes, now):
+    """One row per node: its state (idle, mixed, allocated, down), where it connects from, GPUs
+    in use/total and how long ago it was last heard from."""
+    headers = ["NODE", "STATE", "ADDRESS", "GPUS (USED/TOTAL)", "LAST HEARTBEAT"]
+    rows = []
+    for node in nodes:
+        used = sum(1 for gpu in node["gpus"] if gpu["jobs"])
+        seen = node.get("last_heartbeat")
+        rows.append([text(node["name"]), text(node["state"]), text(node.get("address") or "(master)"),
+                     "%d/%d" % (used, len(node["gpus"])),
+                     "-" if seen is None else "%s ago" % format_duration(now - seen)])
     return table(headers, rows)
 
 

@@ -1,0 +1,175 @@
+"""The master's side of the node link, on loopback: a node agent played by this test (TLS with the
+cluster key, registration, reports) against a real master. What a node must see (launch, signal,
+release, kill of attempts the master no longer runs) and what the master must do (schedule on the
+node's GPUs, end its jobs NODE_FAIL when it falls silent, refuse bad links with one log line)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import REPO, wait_for
+
+from mgpu import auth, protocol, transport
+
+ALICE = "mgpu-alice"
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _keygen(path):
+    done = subprocess.run([sys.executable, "-m", "mgpu", "keygen", "--output", path], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "src")))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture
+def linked(make_cluster, tmp_path):
+    """A master with no GPUs of its own that accepts node agents on a loopback port."""
+    key_path = _keygen(str(tmp_path / "cluster.key"))
+    port = _free_port()
+    cluster = make_cluster(fake_gpus="0", args=["--listen", "127.0.0.1:%d" % port, "--key", key_path,
+                                                "--node-timeout", "3", "--heartbeat-interval", "1"])
+    return cluster, key_path, port
+
+
+class FakeNode:
+    """A node agent: TLS with the cluster key, registration, then messages both ways."""
+
+    def __init__(self, key_path, port, name="n1", gpus=2, attempts=()):
+        key = auth.load_key(key_path)
+        sock = transport.connect_tcp("127.0.0.1", port, timeout=5)
+        self.connection = transport.Connection(auth.wrap_client(sock, auth.client_context(key), key, 5),
+                                               protocol.MAX_NODE_FRAME)
+        self.connection.send(protocol.node_message(
+            "node_register", name=name, attempts=[{"job_id": j, "attempt": a, "phase": "started"} for j, a in attempts],
+            gpus=[{"index": i, "uuid": "GPU-%s-%d" % (name, i), "name": "Fake", "memory_mb": 16000}
+                  for i in range(gpus)]))
+        self.reply = self.connection.read(10)
+
+    def send(self, type_, **fields):
+        self.connection.send(protocol.node_message(type_, **fields))
+
+    def read(self, timeout=10):
+        message = self.connection.read(timeout)
+        assert message is not None, "the master closed the link"
+        return protocol.check_node_message(message, protocol.MASTER_TO_NODE)
+
+    def close(self):
+        self.connection.close()
+
+
+def test_a_job_runs_on_a_registered_node_and_its_end_is_recorded(linked):
+    cluster, key_path, port = linked
+    node = FakeNode(key_path, port)
+    try:
+        assert node.reply == {"ok": True, "result": {"keep": [], "heartbeat_interval": 1.0}}
+        nodes = {n["name"]: n for n in cluster.queue()["nodes"]}
+        assert nodes["n1"]["state"] == "idle" and nodes["n1"]["address"] == "127.0.0.1"
+        assert len(nodes["n1"]["gpus"]) == 2
+        assert "node n1 up from 127.0.0.1 with 2 GPUs" in cluster.master.log
+
+        job_id = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c", "exit 3")
+        type_, launch = node.read()
+        assert type_ == "launch"
+        job = launch["job"]
+        assert (job["id"], job["attempt"], job["user"], job["node"], job["command"]) == (
+            job_id, 1, ALICE, "n1", ["sh", "-c", "exit 3"])
+        assert launch["env"]["PATH"]
+        node.send("job_started", job_id=job_id, attempt=1, sup_pid=4242, sup_start=1, pgid=4243)
+        assert cluster.wait_state(job_id, "RUNNING")["node"] == "n1"
+        node.send("node_heartbeat", usage={"0": 0})
+        node.send("job_exited", job_id=job_id, attempt=1, exit_code=3, signal=None, error=None)
+        ended = cluster.wait_state(job_id, "FAILED")
+        assert ended["exit_code"] == 3 and ended["node"] == "n1"
+        assert node.read() == ("release", {"job_id": job_id, "attempt": 1})
+        # A late or repeated report about that attempt changes nothing.
+        node.send("job_exited", job_id=job_id, attempt=1, exit_code=0, signal=None, error=None)
+        node.send("node_heartbeat")
+        time.sleep(0.3)
+        assert cluster.job(job_id)["state"] == "FAILED"
+    finally:
+        node.close()
+
+
+def test_cancel_reaches_the_node_and_a_silent_node_goes_down(linked):
+    cluster, key_path, port = linked
+    node = FakeNode(key_path, port)
+    try:
+        stays = cluster.submit(ALICE, "--gpus", "1", "--", "sleep", "300")
+        assert node.read()[0] == "launch"
+        requeued = cluster.submit(ALICE, "--gpus", "1", "--requeue", "--", "sleep", "300")
+        assert node.read()[0] == "launch"
+        for job_id in (stays, requeued):
+            node.send("job_started", job_id=job_id, attempt=1, sup_pid=1, sup_start=1, pgid=1)
+        cluster.wait_state(stays, "RUNNING")
+        assert cluster.run(ALICE, "cancel", stays).returncode == 0
+        assert node.read() == ("signal", {"job_id": stays, "attempt": 1, "signum": 15})
+        # The node falls silent: no heartbeat, no end report.
+        down = wait_for(lambda: (lambda n: n if n["state"] == "down" else None)(
+            {n["name"]: n for n in cluster.queue()["nodes"]}["n1"]), timeout=15, what="node n1 down")
+        assert down["state"] == "down"
+        assert cluster.job(stays)["state"] == "CANCELLED"  # it was being cancelled
+        back = cluster.job(requeued)
+        assert (back["state"], back["restarts"]) == ("PENDING", 1)
+        assert "node n1 is down: no heartbeat for 3s" in cluster.master.log
+    finally:
+        node.close()
+
+
+def test_a_rejoining_node_keeps_what_runs_and_kills_what_ended(linked):
+    cluster, key_path, port = linked
+    node = FakeNode(key_path, port)
+    running = cluster.submit(ALICE, "--gpus", "1", "--", "sleep", "300")
+    assert node.read()[0] == "launch"
+    node.send("job_started", job_id=running, attempt=1, sup_pid=1, sup_start=1, pgid=1)
+    cluster.wait_state(running, "RUNNING")
+    node.close()  # the link breaks; the node comes back before node_timeout
+    again = FakeNode(key_path, port, attempts=[(running, 1), (running + 100, 1)])
+    try:
+        assert again.reply["ok"] and again.reply["result"]["keep"] == [[running, 1]]
+        assert "node n1 reconnected" in cluster.master.log or "keeping 1 running job" in cluster.master.log
+        for _ in range(8):  # past node_timeout: the heartbeats of the new link count
+            again.send("node_heartbeat")
+            time.sleep(0.5)
+        assert cluster.job(running)["state"] == "RUNNING"
+        assert {n["name"]: n["state"] for n in cluster.queue()["nodes"]}["n1"] == "mixed"
+    finally:
+        again.close()
+
+
+def test_bad_links_are_refused_with_one_line(linked, tmp_path):
+    cluster, key_path, port = linked
+    other = auth.load_key(_keygen(str(tmp_path / "other.key")))
+    sock = transport.connect_tcp("127.0.0.1", port, timeout=5)
+    with pytest.raises(Exception):
+        tls = auth.wrap_client(sock, auth.client_context(other), other, 5)
+        transport.Connection(tls).read(5)
+    sock.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        plain.sendall(b'{"v": 1, "type": "node_register", "name": "evil", "gpus": [], "attempts": []}\n')
+        plain.settimeout(10)
+        try:
+            assert plain.recv(100) == b""
+        except OSError:
+            pass
+    name_taken = FakeNode(key_path, port, name=cluster.queue()["nodes"][0]["name"])
+    assert name_taken.reply["ok"] is False and "master's own node" in name_taken.reply["message"]
+    name_taken.close()
+    wait_for(lambda: cluster.master.log.count("refused a node link from 127.0.0.1") >= 2,
+             what="one log line per refused link\n" + cluster.master.log[-2000:])
+    assert [n["name"] for n in cluster.queue()["nodes"]] == [cluster.queue()["nodes"][0]["name"]]
+    # A registered node that sends garbage loses its link; the master keeps serving.
+    node = FakeNode(key_path, port)
+    node.connection.send_raw(b'{"v": 1, "type": "launch", "job": {}, "env": {}}\n')
+    wait_for(lambda: "node n1: link lost (bad message" in cluster.master.log, what="the link to be dropped")
+    node.close()
+    assert cluster.run(ALICE, "queue").returncode == 0
