@@ -6,6 +6,12 @@ daemon restart, and reading job output for streams. Must not: decide what runs w
 master does), or spawn and signal processes itself (launcher.py does).
 
 Events go to the master through `emit(dict)`; each names its kind, node, job and attempt.
+
+The master's own host runs an agent in process (users resolved by the uid the master read from
+the kernel); a further host runs one under `mgpu node` (`remote=True`): there a job runs as the
+same user NAME, resolved on this host, a launch repeated after a reconnect is recognised by its
+record and not started twice, and at start every record in the state directory is re-adopted
+(`adopt_records`), since the node has no store of its own.
 """
 
 import os
@@ -18,6 +24,7 @@ from . import bundle, errors, launcher
 from .errors import MgpuError
 
 WATCH_INTERVAL = 2.0  # seconds between liveness checks of supervisors and GPU usage reads
+KILL_RECORD_WAIT = 5.0  # how long a killed attempt's launch may take to reach its supervisor
 
 
 class _Supervised:
@@ -38,7 +45,7 @@ class _Supervised:
 
 
 class NodeAgent:
-    def __init__(self, name, inventory, state_dir, emit, lock_fd=None):
+    def __init__(self, name, inventory, state_dir, emit, lock_fd=None, remote=False):
         # The launcher forks its helper: this must run before the daemon starts any thread.
         self.launcher = launcher.Launcher(lock_fd=lock_fd)
         self.name = name
@@ -48,6 +55,7 @@ class NodeAgent:
         self.cgroup_base = launcher.cgroup_base(state_dir)  # None: no writable cgroup v2 here
         self.emit = emit
         self.drop_privileges = os.getuid() == 0
+        self.remote = remote
         self._supervised = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -80,14 +88,32 @@ class NodeAgent:
 
     def start_job(self, job, env):
         """Launch one attempt of `job` (a model.Job in RUNNING) with the user's `env`."""
-        try:
-            account = pwd.getpwuid(job.uid)
-            user, home = account.pw_name, account.pw_dir
-        except KeyError:
-            self.emit({"kind": "job_exited", "node": self.name, "job_id": job.id,
-                       "attempt": job.attempt, "exit_code": None, "signal": None,
-                       "error": "user id %d no longer exists" % job.uid})
-            return
+        if self.remote:
+            if self._already_launched(job.id, job.attempt):
+                return  # a launch resent after a reconnect: this attempt is ours already
+            try:
+                account = pwd.getpwnam(job.user)
+            except (KeyError, TypeError, ValueError):
+                self.emit({"kind": "job_exited", "node": self.name, "job_id": job.id,
+                           "attempt": job.attempt, "exit_code": None, "signal": None,
+                           "error": "user %s does not exist on host %s" % (job.user, self.name)})
+                return
+            user, home, uid, gid = account.pw_name, account.pw_dir, account.pw_uid, account.pw_gid
+            with self._lock:
+                earlier = self._supervised.get(job.id)
+            if earlier is not None:
+                # The master has moved on to a new attempt: the old one must not run beside it.
+                self.kill_attempt(job.id, earlier.attempt)
+        else:
+            try:
+                account = pwd.getpwuid(job.uid)
+                user, home = account.pw_name, account.pw_dir
+            except KeyError:
+                self.emit({"kind": "job_exited", "node": self.name, "job_id": job.id,
+                           "attempt": job.attempt, "exit_code": None, "signal": None,
+                           "error": "user id %d no longer exists" % job.uid})
+                return
+            uid, gid = job.uid, job.gid
         env = bundle.scrub(env)
         gpu_list = ",".join(str(i) for i in job.alloc)
         env.update(HOME=home, USER=user, LOGNAME=user, CUDA_VISIBLE_DEVICES=gpu_list,
@@ -102,7 +128,7 @@ class NodeAgent:
         error = job.error or job.output
         log_dir = os.path.join(home, ".mgpu", "logs")
         spec = {
-            "job_id": job.id, "attempt": job.attempt, "uid": job.uid, "gid": job.gid,
+            "job_id": job.id, "attempt": job.attempt, "uid": uid, "gid": gid,
             "user": user, "drop": self.drop_privileges, "umask": job.umask if job.umask is not None else 0o022,
             "cwd": job.cwd, "argv": list(job.command), "env": env, "env_setup": job.env_setup,
             "output": job.output, "error": error, "truncate": job.attempt <= 1,
@@ -139,6 +165,100 @@ class NodeAgent:
             if entry is not None and entry.attempt == attempt:
                 del self._supervised[job_id]
         self._obsolete_records.put(self.record_path(job_id, attempt))
+
+    def _already_launched(self, job_id, attempt):
+        with self._lock:
+            entry = self._supervised.get(job_id)
+            if entry is not None and entry.attempt == attempt:
+                return True
+        return os.path.exists(self.record_path(job_id, attempt))
+
+    def kill_attempt(self, job_id, attempt, wait=False):
+        """End an attempt the master no longer considers running, fenced (only processes
+        proven to be that attempt's: its cgroup, or its supervisor's session), forget it and
+        delete its record; nothing is reported about it. The end can take up to
+        launcher.STOP_TIMEOUT, so it runs on a thread of its own unless `wait`."""
+        with self._lock:
+            entry = self._supervised.get(job_id)
+            if entry is not None and entry.attempt == attempt:
+                del self._supervised[job_id]
+            else:
+                entry = None
+        if wait:
+            self._end_attempt(job_id, attempt, entry)
+        else:
+            threading.Thread(target=self._end_attempt, args=(job_id, attempt, entry),
+                             name="kill-%d.%d" % (job_id, attempt), daemon=True).start()
+
+    def _end_attempt(self, job_id, attempt, entry):
+        path = self.record_path(job_id, attempt)
+        deadline = time.monotonic() + launcher.STOP_TIMEOUT
+        record = launcher.read_record(path)
+        # A launch still on its way to a supervisor: wait for its record to say which
+        # processes are the job's (once "launched", the job may run; before, it cannot).
+        while entry is not None and time.monotonic() < deadline:
+            phase = launcher.record_phase(record)
+            if phase in ("launched", "started", "exited"):
+                break
+            if phase == "intent" and not launcher.JobHandle.from_record(record).supervisor_alive():
+                break
+            if phase is None and time.monotonic() - entry.since > KILL_RECORD_WAIT:
+                break  # never reached a supervisor (the helper refused it or is gone)
+            time.sleep(0.02)
+            record = launcher.read_record(path)
+        handle = launcher.JobHandle.from_record(record) if record else (entry.handle if entry else None)
+        if handle is not None:
+            handle.end()
+            # Its supervisor records the end and exits: wait, so that no record is written
+            # after ours is deleted.
+            while handle.supervisor_alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._discard_cgroup(job_id, attempt)
+        for name in (path, path + ".tmp"):
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+    def adopt_records(self):
+        """At a node's start (it keeps no store): adopt every attempt that has a record in the
+        state directory, as adopt() does for the master's jobs. Running ones are watched
+        again, ended ones reported; each stays until the master releases or kills it."""
+        for job_id, attempt in self._recorded_attempts():
+            self._adopt_one(job_id, attempt)
+
+    def _recorded_attempts(self):
+        found = []
+        for name in os.listdir(self.records_dir):
+            parts = name.split(".")
+            if len(parts) == 3 and parts[2] == "json" and parts[0].isdigit() and parts[1].isdigit():
+                found.append((int(parts[0]), int(parts[1])))
+            elif name.endswith(".json.tmp"):
+                try:  # a supervisor's write cut short; the record it was replacing is intact
+                    os.unlink(os.path.join(self.records_dir, name))
+                except OSError:
+                    pass
+        return sorted(found)
+
+    def attempts(self):
+        """[{job_id, attempt, phase}] of every attempt this node supervises or has a record
+        of: what a node reports when it (re)registers with the master."""
+        with self._lock:
+            supervised = {(job_id, entry.attempt) for job_id, entry in self._supervised.items()}
+        found = []
+        for job_id, attempt in sorted(supervised | set(self._recorded_attempts())):
+            phase = launcher.record_phase(launcher.read_record(self.record_path(job_id, attempt)))
+            found.append({"job_id": job_id, "attempt": attempt, "phase": phase or "intent"})
+        return found
+
+    def recorded_exit(self, job_id, attempt):
+        """The job_exited event of an attempt whose record says it ended, else None."""
+        record = launcher.read_record(self.record_path(job_id, attempt))
+        if launcher.record_phase(record) != "exited":
+            return None
+        return {"kind": "job_exited", "node": self.name, "job_id": job_id, "attempt": attempt,
+                "exit_code": record.get("exit_code"), "signal": record.get("signal"),
+                "error": record.get("error")}
 
     def adopt(self, jobs):
         """After a restart: take over the jobs the store says run here. Each is still running

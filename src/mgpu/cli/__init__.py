@@ -14,6 +14,7 @@ from mgpu import __version__
 ROLES = {
     # name: (module, one-line summary)
     "master": ("mgpu.cli.master", "run the scheduler daemon (queue, state, this host's GPUs)"),
+    "node": ("mgpu.cli.node", "run a node agent: join this host's GPUs to a master (mgpu node --master HOST:PORT)"),
     "srun": ("mgpu.cli.srun", "submit a job; -i to wait for it and stream its output"),
     "queue": ("mgpu.cli.queue", "show jobs and GPUs"),
     "cancel": ("mgpu.cli.cancel", "cancel jobs"),

@@ -1,0 +1,459 @@
+"""The node daemon's shell (`mgpu node`): one further GPU host of a cluster.
+
+Owns: the node's side of the link to the master (connect with backoff, TLS handshake with the
+cluster key, registration and reconciliation, heartbeats, the outbox of reports), turning the
+master's messages into calls on the NodeAgent, and the node's threads, clock and log. Must not:
+decide what runs where (the master does), spawn or signal (the agent's launcher does), open
+sockets itself (transport.py does) or speak TLS details (auth.py does).
+
+The link, as the node sees it:
+- connect (backoff 0.5 s doubling to 10 s; one log line per change of what goes wrong, not per
+  try), TLS 1.3 handshake pinned to the cluster certificate, then `node_register` with the GPUs
+  and every attempt this node supervises or has a record of. The master answers `keep`: the
+  attempts it still considers running here. Every other attempt is ended, fenced, and forgotten;
+  kept attempts that ended meanwhile are reported again from their records.
+- then one thread does all the link's I/O (an SSL socket is not for two threads at once): it
+  sends the outbox (job_started / job_exited / job_lost, posted by any thread, kept across
+  reconnects, bounded) and a heartbeat every heartbeat_interval, and reads the master's
+  `launch`, `signal`, `release` and `kill`. A frame that fails protocol.check_node_message
+  gets one log line and the link is dropped and made again.
+- reports may reach the master twice (a report resent after a cut); the controller ignores
+  reports about attempts that are not current, and a repeated launch of an attempt the node
+  already has is ignored here (its record exists).
+
+Jobs do not depend on this daemon: SIGTERM/SIGINT stop it, running jobs carry on under their
+supervisors, and the next start re-adopts them from their records.
+"""
+
+import collections
+import errno
+import os
+import select
+import signal
+import ssl
+import sys
+import threading
+import time
+
+from . import auth, config as configuration, errors, protocol, transport
+from .errors import MgpuError
+from .gpus import open_inventory
+from .launcher import boot_id
+from .model import MAX_GPU_INDEX, MAX_JOB_ID, Job
+from .nodeagent import NodeAgent
+from .statelock import lock_state_dir
+
+CONNECT_TIMEOUT = 5.0
+REGISTER_TIMEOUT = 30.0     # the master's answer to node_register
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+READ_SLICE = 0.5            # the link thread looks at its outbox at least this often
+MAX_OUTBOX = 100_000        # reports kept while the master is out of reach; the oldest go first
+
+
+def log(*lines):
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write("".join("%s %s\n" % (stamp, line) for line in lines))
+    sys.stderr.flush()
+
+
+class LinkDown(Exception):
+    """Why a link could not be made or was lost: one line for the log."""
+
+
+def _plural(count, word):
+    return "%d %s%s" % (count, word, "" if count == 1 else "s")
+
+
+def _clip(text, limit=protocol.MAX_REASON):
+    return None if text is None else str(text)[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# What crosses the link
+
+
+def report_message(event):
+    """The node-link message for one of the agent's events, or None (gpu_usage is sent with
+    the heartbeats)."""
+    kind = event.get("kind")
+    if kind == "job_started":
+        return protocol.node_message("job_started", job_id=event["job_id"], attempt=event["attempt"],
+                                     sup_pid=event.get("sup_pid"), sup_start=event.get("sup_start"),
+                                     pgid=event.get("pgid"))
+    if kind == "job_exited":
+        return protocol.node_message("job_exited", job_id=event["job_id"], attempt=event["attempt"],
+                                     exit_code=event.get("exit_code"), signal=event.get("signal"),
+                                     error=_clip(event.get("error")))
+    if kind == "job_lost":
+        return protocol.node_message("job_lost", job_id=event["job_id"], attempt=event["attempt"],
+                                     started=bool(event.get("started")), reason=_clip(event.get("reason")))
+    return None
+
+
+def job_from_launch(record):
+    """A model.Job from a launch's job record, checked as far as this node relies on it;
+    ValueError with one phrase otherwise."""
+    def need(name, test, what):
+        if not test(record.get(name)):
+            raise ValueError("job field %s must be %s" % (name, what))
+
+    def is_int(value, low=0, high=1 << 62):
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    def is_text(value):
+        return isinstance(value, str) and "\0" not in value
+
+    def optional(test):
+        return lambda value: value is None or test(value)
+
+    need("id", lambda v: is_int(v, 1, MAX_JOB_ID), "a job id")
+    need("attempt", lambda v: is_int(v, 1, 1 << 31), "an attempt number")
+    need("user", lambda v: is_text(v) and 0 < len(v) <= 256, "a user name")
+    need("uid", optional(lambda v: is_int(v, 0, 1 << 32)), "a user id")
+    need("gid", optional(lambda v: is_int(v, 0, 1 << 32)), "a group id")
+    need("command", lambda v: isinstance(v, list) and v and all(is_text(a) for a in v), "a command")
+    need("cwd", lambda v: is_text(v) and v.startswith("/"), "an absolute path")
+    need("output", lambda v: is_text(v) and v.startswith("/"), "an absolute path")
+    need("error", optional(lambda v: is_text(v) and v.startswith("/")), "an absolute path")
+    need("env_setup", optional(is_text), "text")
+    need("name", optional(is_text), "text")
+    need("alloc", lambda v: isinstance(v, list) and all(is_int(g, 0, MAX_GPU_INDEX) for g in v),
+         "a list of GPU indices")
+    need("umask", optional(lambda v: is_int(v, 0, 0o777)), "a umask")
+    need("restarts", optional(is_int), "a count")
+    number = optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
+    need("time_limit", number, "a number of seconds")
+    need("start_time", number, "a time")
+    return Job.from_dict(record)
+
+
+def _keep_pairs(result):
+    """{(job_id, attempt)} from a registration reply's result; ValueError when malformed."""
+    if not isinstance(result, dict) or not isinstance(result.get("keep"), list):
+        raise ValueError("its registration reply has no keep list")
+    keep = set()
+    for pair in result["keep"]:
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+            raise ValueError("its keep list holds %r, not [job_id, attempt]" % (pair,))
+        keep.add((pair[0], pair[1]))
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+class NodeDaemon:
+    def __init__(self, config, log=log):
+        self.config = config
+        self.log = log
+        if not config.master:
+            raise configuration.ConfigError("no master to join: give --master HOST:PORT (or MGPU_MASTER_HOST, "
+                                            "or 'master' in the config file)")
+        if not protocol.valid_node_name(config.node_name):
+            raise configuration.ConfigError(
+                "node name %r: use 1 to %d letters, digits, '.', '_' or '-' (--name NAME)"
+                % (config.node_name, protocol.MAX_NODE_NAME))
+        self.name = config.node_name
+        self.master_host, self.master_port = configuration.parse_address(config.master, "master")
+        self.master_address = ("[%s]:%d" if ":" in self.master_host else "%s:%d") % (
+            self.master_host, self.master_port)
+        # The key is read and checked once: a bad file stops the node here, with one line.
+        self.key = auth.load_key(config.key_file)
+        self.tls_context = auth.client_context(self.key)
+        self.heartbeat_interval = config.heartbeat_interval
+        self.lock_fd = lock_state_dir(config.state_dir)
+        inventory, self.inventory_line = open_inventory(config.fake_gpus)
+        # Forks the launcher helper: before any thread of this daemon.
+        self.agent = NodeAgent(self.name, inventory, config.state_dir, self._on_agent_event,
+                               lock_fd=self.lock_fd, remote=True)
+        self._stopping = threading.Event()
+        self._outbox = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._dropped = 0
+        self._usage = None            # {"index": MB used outside mgpu}, once measured
+        self._usage_changed = False
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._link_thread = None
+        self.connected = threading.Event()   # registered with the master (for tests)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, install_signals=True):
+        c = self.config
+        self.log("mgpu node %s: master %s, state %s, key %s (sha256 %s...)"
+                 % (self.name, self.master_address, c.state_dir, self.key.path, self.key.fingerprint[:23]))
+        self.log("GPUs: %s" % self.inventory_line)
+        self.agent.adopt_records()
+        self.agent.start()
+        if install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, lambda *_: self.stop())
+        self._link_thread = threading.Thread(target=self._link, name="master-link", daemon=True)
+        self._link_thread.start()
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            self._link_thread.join(timeout=2.0)
+            self.agent.stop()
+            os.close(self.lock_fd)  # the launcher helper keeps its copy until it has handed over
+        running = len(self.agent._supervised)
+        if running:
+            self.log("node stopped; %s carr%s on under %s supervisor%s"
+                     % (_plural(running, "running job"), "ies" if running == 1 else "y",
+                        "its" if running == 1 else "their", "" if running == 1 else "s"))
+        else:
+            self.log("node stopped")
+        return 0
+
+    def stop(self):
+        """Ask the daemon to stop (signal handlers call this: it only sets and wakes)."""
+        self._stopping.set()
+        self._wake()
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def _on_agent_event(self, event):
+        """The agent's emit(): from its threads and, for a launch refused before it started,
+        from the link thread. Never blocks on the network."""
+        if event.get("kind") == "gpu_usage":
+            usage = {str(index): int(mb) for index, mb in (event.get("usage") or {}).items()}
+            with self._outbox_lock:
+                self._usage, self._usage_changed = usage, True
+            self._wake()
+            return
+        message = report_message(event)
+        if message is not None:
+            self._post(message)
+
+    def _post(self, message):
+        with self._outbox_lock:
+            if len(self._outbox) >= MAX_OUTBOX:
+                self._outbox.popleft()
+                self._dropped += 1
+            self._outbox.append(message)
+        self._wake()
+
+    def _wake(self):
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass  # full: a wake-up is pending already
+
+    def _drain_wake(self):
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except OSError:
+            pass
+
+    # -- the link ---------------------------------------------------------------------------
+
+    def _link(self):
+        backoff = BACKOFF_FIRST
+        last_problem = None
+        while not self._stopping.is_set():
+            try:
+                connection, keep_count = self._join()
+            except LinkDown as e:
+                problem = str(e)
+                if problem != last_problem:
+                    self.log("node %s: cannot join master %s: %s; retrying (every %g s at most)"
+                             % (self.name, self.master_address, problem, BACKOFF_MAX))
+                    last_problem = problem
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff, last_problem = BACKOFF_FIRST, None
+            self.connected.set()
+            try:
+                self._serve(connection)
+                reason = None
+            except LinkDown as e:
+                reason = str(e)
+            finally:
+                self.connected.clear()
+                connection.close()
+            if reason is not None and not self._stopping.is_set():
+                self.log("node %s: link lost: %s; reconnecting" % (self.name, reason))
+
+    def _join(self):
+        """Connect, authenticate, register and reconcile: the registered Connection, or
+        LinkDown."""
+        try:
+            sock = transport.connect_tcp(self.master_host, self.master_port, CONNECT_TIMEOUT)
+        except OSError as e:
+            raise LinkDown("connection failed: %s" % (e.strerror or e)) from None
+        try:
+            tls = auth.wrap_client(sock, self.tls_context, self.key, auth.HANDSHAKE_TIMEOUT)
+        except MgpuError as e:
+            raise LinkDown(e.message) from None
+        connection = transport.Connection(tls, protocol.MAX_NODE_FRAME)
+        try:
+            reported = self.agent.attempts()
+            info = self.agent.info()
+            connection.send(protocol.node_message(
+                "node_register", name=self.name, gpus=info["gpus"], attempts=reported, boot_id=boot_id()))
+            try:
+                reply = self._read(connection, REGISTER_TIMEOUT)
+            except _EndOfStream:
+                raise LinkDown("the master closed the link before it answered our registration") from None
+            if reply is None:
+                raise LinkDown("the master did not answer our registration within %g s" % REGISTER_TIMEOUT)
+            if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+                raise LinkDown("the master's answer to our registration is not a reply")
+            if not reply["ok"]:
+                raise LinkDown("the master refused us: %s" % _clip(reply.get("message") or reply.get("error"), 300))
+            try:
+                keep = _keep_pairs(reply.get("result"))
+            except ValueError as e:
+                raise LinkDown("the master's answer is malformed: %s" % e) from None
+            interval = reply["result"].get("heartbeat_interval")
+            if isinstance(interval, (int, float)) and not isinstance(interval, bool) and 0.1 <= interval <= 86400:
+                self.heartbeat_interval = float(interval)
+        except LinkDown:
+            connection.close()
+            raise
+        except (OSError, MgpuError) as e:
+            connection.close()
+            raise LinkDown(self._describe(e)) from None
+        self._reconcile(reported, keep)
+        gpus = len(info["gpus"])
+        self.log("node %s: connected to master %s" % (self.name, self.master_address))
+        self.log("node %s: registered with %s; keeping %s"
+                 % (self.name, _plural(gpus, "GPU"), _plural(len(keep), "running job")))
+        return connection, len(keep)
+
+    def _reconcile(self, reported, keep):
+        """After the master's keep: end (fenced) and forget every attempt it does not keep;
+        report again the end of kept attempts that ended (a report sent before a cut may not
+        have arrived; duplicates are ignored)."""
+        killed = 0
+        for item in reported:
+            pair = (item["job_id"], item["attempt"])
+            if pair not in keep:
+                if item["phase"] != "exited":
+                    killed += 1
+                self.agent.kill_attempt(*pair)
+            elif item["phase"] == "exited":
+                event = self.agent.recorded_exit(*pair)
+                if event is not None:
+                    self._post(report_message(event))
+        if killed:
+            self.log("node %s: ending %s the master no longer runs here"
+                     % (self.name, _plural(killed, "attempt")))
+
+    def _serve(self, connection):
+        """The link's one I/O thread: send reports and heartbeats, read the master's orders."""
+        tls = connection.sock
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        while not self._stopping.is_set():
+            self._drain_wake()
+            now = time.monotonic()
+            heartbeat = now >= next_heartbeat
+            with self._outbox_lock:
+                if self._usage_changed:
+                    heartbeat, self._usage_changed = True, False
+                usage = self._usage
+                dropped, self._dropped = self._dropped, 0
+            if dropped:
+                self.log("node %s: the outbox was full: the %s oldest reports were dropped"
+                         % (self.name, dropped))
+            try:
+                if heartbeat:
+                    fields = {} if usage is None else {"usage": usage}
+                    connection.send(protocol.node_message("node_heartbeat", **fields))
+                    next_heartbeat = now + self.heartbeat_interval
+                self._send_outbox(connection)
+                wait = max(0.0, min(READ_SLICE, next_heartbeat - time.monotonic()))
+                if not tls.pending():
+                    readable, _, _ = select.select([tls, self._wake_read], [], [], wait)
+                    if tls not in readable:
+                        continue
+                message = self._read(connection, READ_SLICE)
+                while message is not None:
+                    self._handle(message)
+                    message = self._read(connection, 0)  # frames already buffered
+            except (OSError, MgpuError) as e:
+                raise LinkDown(self._describe(e)) from None
+            except _EndOfStream:
+                raise LinkDown("the master closed the link") from None
+
+    def _send_outbox(self, connection):
+        while True:
+            with self._outbox_lock:
+                if not self._outbox:
+                    return
+                message = self._outbox[0]
+            connection.send(message)  # on failure it stays first in the outbox
+            with self._outbox_lock:
+                if self._outbox and self._outbox[0] is message:
+                    self._outbox.popleft()
+
+    @staticmethod
+    def _read(connection, timeout):
+        """The next message; None when none is complete within `timeout` (what arrived of it
+        stays buffered). _EndOfStream at the master's end of stream."""
+        try:
+            message = connection.read(timeout)
+        except MgpuError as e:
+            if e.code == errors.TIMEOUT:
+                return None
+            raise
+        if message is None:
+            raise _EndOfStream()
+        return message
+
+    @staticmethod
+    def _describe(error):
+        if isinstance(error, MgpuError):
+            return error.message
+        if isinstance(error, ssl.SSLError):
+            return "link refused: %s" % auth.describe_tls_failure(error.reason, error.strerror)
+        if isinstance(error, OSError):
+            if error.errno in (errno.EPIPE, errno.ECONNRESET):
+                return "the master closed the link"
+            return error.strerror or str(error) or type(error).__name__
+        return str(error)
+
+    # -- the master's orders ----------------------------------------------------------------
+
+    def _handle(self, message):
+        try:
+            type_, fields = protocol.check_node_message(message, protocol.MASTER_TO_NODE)
+        except MgpuError as e:
+            raise LinkDown("bad frame from the master: %s" % e.message) from None
+        if type_ == "launch":
+            self._launch(fields["job"], fields["env"])
+        elif type_ == "signal":
+            self.agent.signal_job(fields["job_id"], fields["attempt"], fields["signum"])
+        elif type_ == "release":
+            self.agent.release(fields["job_id"], fields["attempt"])
+        elif type_ == "kill":
+            self.log("node %s: kill job %d attempt %d (the master does not run it)"
+                     % (self.name, fields["job_id"], fields["attempt"]))
+            self.agent.kill_attempt(fields["job_id"], fields["attempt"])
+
+    def _launch(self, record, env):
+        try:
+            job = job_from_launch(record)
+        except ValueError as e:
+            job_id, attempt = record.get("id"), record.get("attempt")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (job_id, attempt)):
+                raise LinkDown("bad frame from the master: launch: %s" % e) from None
+            self.log("node %s: refused launch of job %s attempt %s: %s" % (self.name, job_id, attempt, e))
+            self._post(protocol.node_message("job_exited", job_id=job_id, attempt=attempt, exit_code=None,
+                                             signal=None, error=_clip("bad launch request: %s" % e)))
+            return
+        gpus = ",".join(str(g) for g in job.alloc) or "none"
+        self.log("node %s: launch job %d attempt %d as %s on GPUs %s"
+                 % (self.name, job.id, job.attempt, job.user, gpus))
+        self.agent.start_job(job, dict(env))
+
+
+class _EndOfStream(Exception):
+    pass
