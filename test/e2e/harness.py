@@ -374,3 +374,70 @@ class Cluster:
 def process_alive(pattern):
     """True when a process whose command line contains `pattern` exists."""
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+
+
+class SpawnedMaster(Master):
+    """A `mgpu master` run as root through `spawn(argv, **popen_kwargs)`, for instance inside a
+    network namespace (netns.Network.run_in with its host bound); otherwise a Master."""
+
+    def __init__(self, installation, workdir, spawn, fake_gpus="2:16000", args=(), config=None):
+        super().__init__(installation, workdir, fake_gpus=fake_gpus, args=args, config=config)
+        self.spawn = spawn
+
+    def start(self, wait=True):
+        if self.process is not None:
+            if self.process.poll() is not None:
+                self._judge_end()
+            self.process = None
+        self._expected_exit = self._signal_sent = None
+        os.makedirs(os.path.dirname(self.socket), exist_ok=True)
+        self.log_file = open(self.log_path, "ab")
+        self.process = self.spawn(self.argv, env=self.installation.env(self.socket), cwd=self.workdir,
+                                  stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if wait:
+            wait_for(self.answers, timeout=20, what="the master to answer on %s\n%s" % (self.socket, self.log))
+        return self
+
+
+class Node(SpawnedMaster):
+    """A real `mgpu node` (as root, through `spawn`) with its own socket, state directory and
+    log under `workdir`. The same life cycle and health checks as a Master: a node that exits
+    by itself without expect_exit(), or logs a traceback, is unhealthy."""
+
+    def __init__(self, installation, workdir, spawn, name, master_address, key, fake_gpus="2:16000",
+                 heartbeat_interval=1, args=()):
+        super().__init__(installation, workdir, spawn, fake_gpus=None)
+        self.name = name
+        self.socket = os.path.join(workdir, "run", "node.sock")
+        self.log_path = os.path.join(workdir, "node.log")
+        self.argv = list(installation.command(None)) + [
+            "node", "--master", master_address, "--key", key, "--name", name, "--socket", self.socket,
+            "--state-dir", self.state_dir, "--heartbeat-interval", str(heartbeat_interval)]
+        if fake_gpus is not None:
+            self.argv += ["--fake-gpus", fake_gpus]
+        self.argv += list(args)
+
+    def start(self, wait=False):
+        """Start the node; with `wait`, until its UNIX socket exists (registration with the
+        master is the test's to wait for)."""
+        super().start(wait=False)
+        if wait:
+            wait_for(lambda: os.path.exists(self.socket) or self.process.poll() is not None,
+                     timeout=20, what="node %s to open %s" % (self.name, self.socket))
+            if self.process.poll() is not None:
+                raise AssertionError("node %s exited with %s:\n%s" % (self.name, self.process.returncode, self.log))
+        return self
+
+    def health(self):
+        return [problem.replace("master pid", "node %s pid" % self.name).replace("master log", "node log")
+                for problem in super().health()]
+
+    def record_path(self, job_id, attempt=1):
+        """The supervisor's record of a job attempt, in this node's state directory."""
+        return os.path.join(self.state_dir, "jobs", "%d.%d.json" % (job_id, attempt))
+
+
+def pids_matching(pattern):
+    """Pids of the processes whose command line contains `pattern` (pgrep -f)."""
+    result = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return {int(word) for word in result.stdout.split()} - {os.getpid()}
