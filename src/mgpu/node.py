@@ -200,7 +200,7 @@ class NodeDaemon:
             self._link_thread.join(timeout=2.0)
             self.agent.stop()
             os.close(self.lock_fd)  # the launcher helper keeps its copy until it has handed over
-        running = len(self.agent._supervised)
+        running = self.agent.running_count()
         if running:
             self.log("node stopped; %s carr%s on under %s supervisor%s"
                      % (_plural(running, "running job"), "ies" if running == 1 else "y",

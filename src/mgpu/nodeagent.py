@@ -75,6 +75,11 @@ class NodeAgent:
         self.inventory.close()
         launcher.remove_cgroup_base(self.cgroup_base)  # only when no job's cgroup is left
 
+    def running_count(self):
+        """How many attempts this agent supervises now."""
+        with self._lock:
+            return len(self._supervised)
+
     def info(self):
         gpus = self.inventory.gpus()
         for gpu in gpus:
@@ -184,6 +189,9 @@ class NodeAgent:
                 del self._supervised[job_id]
             else:
                 entry = None
+        if entry is None and launcher.record_phase(launcher.read_record(self.record_path(job_id, attempt))) in (
+                None, "exited"):
+            wait = True  # nothing of it can run: only its record to delete
         if wait:
             self._end_attempt(job_id, attempt, entry)
         else:

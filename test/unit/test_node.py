@@ -306,3 +306,21 @@ def test_a_wrong_key_is_logged_once_and_retried(cluster, key_files):
     time.sleep(1.0)
     assert len([line for line in node.lines if "cannot join" in line]) == 1, node.lines
     assert master.links.empty()
+
+
+def test_kill_ends_an_attempt_fenced_and_forgets_it(cluster, tmp_path):
+    master, start = cluster
+    start()
+    link = master.next_link()
+    link.send("launch", job=job_record(tmp_path, 31, ["sleep", "30"]), env={"PATH": os.environ["PATH"]})
+    started = link.expect("job_started", job_id=31, attempt=1)
+    link.send("kill", job_id=31, attempt=1)
+    record = tmp_path / "state" / "jobs" / "31.1.json"
+    deadline = time.monotonic() + 10
+    while (process_alive(started["pgid"]) or record.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not process_alive(started["pgid"]) and not record.exists()
+    # Forgotten: its end is not reported (a later job's report shows the link still carries them).
+    link.send("launch", job=job_record(tmp_path, 32, ["true"]), env={"PATH": os.environ["PATH"]})
+    link.expect("job_exited", job_id=32, attempt=1)
+    assert not [f for t, f in link.received if t == "job_exited" and f["job_id"] == 31]
