@@ -237,7 +237,11 @@ class Master:
                     self._add_watcher(event["watcher"])
                     continue
                 if kind in NODE_LINK_EVENTS:
-                    event = self._node_link_event(event, now)
+                    try:
+                        event = self._node_link_event(event, now)
+                    except Exception as e:  # one node's message must not take the queue down
+                        log("internal error handling %s: %s: %s" % (kind, type(e).__name__, e))
+                        continue
                     if event is None:
                         continue
                     kind = event.get("kind")
@@ -374,6 +378,9 @@ class Master:
                 except MgpuError as e:
                     reason = "bad message: %s" % e.message
                     break
+                if type_ == "output_data":  # for a stream thread waiting on it, not for the loop
+                    link.output_data(fields)
+                    continue
                 self.events.put({"kind": "node_report", "link": link, "type": type_, "fields": fields})
             self.events.put({"kind": "node_link_lost", "link": link, "reason": reason})
         finally:
@@ -401,9 +408,30 @@ class Master:
             if fields.get("usage"):
                 self.events.put({"kind": "gpu_usage", "node": link.name, "usage": fields["usage"]})
             return {"kind": "node_heartbeat", "name": link.name}
+        if type_ == "relay":
+            return self._relayed_request(link, fields)
         report = dict(NODE_REPORT_DEFAULTS.get(type_, {}), **fields)
         report.update(kind=type_, node=link.name)
         return report
+
+    def _relayed_request(self, link, fields):
+        """A request a node relays for one of its local clients, with the identity the node
+        read from the kernel: a request event whose reply goes back over the link."""
+        token = _RelayedReply(link, fields["request_id"])
+        try:
+            type_, request = protocol.check_request(fields["request"])
+            if type_ == "attach":
+                raise MgpuError(errors.BAD_REQUEST, "streaming a job (srun -i) through node %s is not "
+                                "supported yet: run it on the master's host" % link.name)
+        except MgpuError as e:
+            token.queue.put(protocol.error_from(e))
+            return None
+        peer = fields["peer"]
+        account = _account_by_name(peer["user"])
+        if account is not None:  # the same user name on the master's host: its ids and home here
+            peer = {"user": peer["user"], "uid": account[0], "gid": account[1], "home": peer["home"]}
+        token.type = type_
+        return {"kind": "request", "type": type_, "fields": request, "token": token, "peer": dict(peer)}
 
     def _register_node(self, event, now):
         link, fields, token = event["link"], event["fields"], event["token"]
@@ -607,9 +635,9 @@ class Master:
             return
         finally:
             watcher.closed = True
-            for fd in files.values():
-                if fd is not None:
-                    os.close(fd)
+            for output in files.values():
+                if output is not None:
+                    output.close()
 
     def _pump_output(self, connection, row, uid, files, final):
         link = self.links.get(row["node"])
@@ -619,21 +647,46 @@ class Master:
         if row.get("error") and row["error"] != row["output"]:
             streams.append(("stderr", row["error"]))
         for stream, path in streams:
-            fd = files.get(stream)
-            if fd is None:
-                fd = files[stream] = link.open_output(path, uid)
-                if fd is None:
+            output = files.get(stream)
+            if output is None:
+                output = files[stream] = link.open_output(path, uid, row["user"])
+                if output is None:
                     continue
             while True:
-                try:
-                    chunk = os.read(fd, OUTPUT_CHUNK)
-                except BlockingIOError:
-                    break
+                chunk = output.read(OUTPUT_CHUNK)
                 if not chunk:
                     break
                 connection.send({"type": "output", "stream": stream, "data": chunk.decode("latin-1")})
                 if len(chunk) < OUTPUT_CHUNK and not final:
                     break
+
+
+class _RelayedReply:
+    """The token of a relayed request: its reply goes back to the node that relayed it."""
+    __slots__ = ("queue", "type")
+
+    def __init__(self, link, request_id):
+        self.queue = _ReplyToLink(link, request_id)
+        self.type = None
+
+
+class _ReplyToLink:
+    __slots__ = ("link", "request_id")
+
+    def __init__(self, link, request_id):
+        self.link, self.request_id = link, request_id
+
+    def put(self, message):
+        self.link.relay_reply(self.request_id, message)
+
+
+def _account_by_name(name):
+    """(uid, gid) of a user name on this host, or None."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _close_quietly(sock):

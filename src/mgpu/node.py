@@ -21,6 +21,11 @@ The link, as the node sees it:
   reports about attempts that are not current, and a repeated launch of an attempt the node
   already has is ignored here (its record exists).
 
+Local clients: the node serves `mgpu srun/queue/cancel` of its host's users on its UNIX socket and
+relays each request to the master (`relay`), with the user name, uid, gid and home it read from
+the kernel (SO_PEERCRED) and this host's passwd; the master answers through the link
+(`relay_reply`). While the link is down such a request gets one line saying so.
+
 Jobs do not depend on this daemon: SIGTERM/SIGINT stop it, running jobs carry on under their
 supervisors, and the next start re-adopts them from their records.
 """
@@ -28,6 +33,8 @@ supervisors, and the next start re-adopts them from their records.
 import collections
 import errno
 import os
+import pwd
+import queue
 import select
 import signal
 import ssl
@@ -49,6 +56,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 READ_SLICE = 0.5            # the link thread looks at its outbox at least this often
 MAX_OUTBOX = 100_000        # reports kept while the master is out of reach; the oldest go first
+MAX_RELAYED = 4096          # relayed requests waiting for the master's answer at once
 
 
 def log(*lines):
@@ -178,6 +186,13 @@ class NodeDaemon:
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._link_thread = None
         self.connected = threading.Event()   # registered with the master (for tests)
+        self._relayed = {}                   # request id -> the queue its client thread waits on
+        self._relay_lock = threading.Lock()
+        self._next_relay = 1
+        self.socket_path = config.socket
+        self.server = transport.unix_server(config.socket, self._serve_client, self.log,
+                                            max_connections=config.max_connections,
+                                            max_connections_per_user=config.max_connections_per_user)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -193,10 +208,17 @@ class NodeDaemon:
                 signal.signal(signum, lambda *_: self.stop())
         self._link_thread = threading.Thread(target=self._link, name="master-link", daemon=True)
         self._link_thread.start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
+                         name="server", daemon=True).start()
+        self.log("serving this host's clients on %s (relayed to the master)" % self.socket_path)
         try:
             while not self._stopping.wait(0.5):
                 pass
         finally:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server.remove()
+            self._fail_relayed("the node is stopping")
             self._link_thread.join(timeout=2.0)
             self.agent.stop()
             os.close(self.lock_fd)  # the launcher helper keeps its copy until it has handed over
@@ -278,6 +300,7 @@ class NodeDaemon:
             finally:
                 self.connected.clear()
                 connection.close()
+                self._fail_relayed("the link to the master %s was lost; try again shortly" % self.master_address)
             if reason is not None and not self._stopping.is_set():
                 self.log("node %s: link lost: %s; reconnecting" % (self.name, reason))
 
@@ -433,6 +456,13 @@ class NodeDaemon:
             self.agent.signal_job(fields["job_id"], fields["attempt"], fields["signum"])
         elif type_ == "release":
             self.agent.release(fields["job_id"], fields["attempt"])
+        elif type_ == "output_read":
+            self._post(self._read_output(fields))
+        elif type_ == "relay_reply":
+            with self._relay_lock:
+                waiting = self._relayed.pop(fields["request_id"], None)
+            if waiting is not None:
+                waiting.put(fields["reply"])
         elif type_ == "kill":
             self.log("node %s: kill job %d attempt %d (the master does not run it)"
                      % (self.name, fields["job_id"], fields["attempt"]))
@@ -453,6 +483,97 @@ class NodeDaemon:
         self.log("node %s: launch job %d attempt %d as %s on GPUs %s"
                  % (self.name, job.id, job.attempt, job.user, gpus))
         self.agent.start_job(job, dict(env))
+
+
+    def _read_output(self, fields):
+        """An output_data answering the master's output_read: the piece of a job's output file
+        asked for, read as the job's user on this host (regular files of that user only)."""
+        answer = {"request_id": fields["request_id"], "data": "", "state": "refused"}
+        try:
+            uid = pwd.getpwnam(fields["user"]).pw_uid
+        except KeyError:
+            return protocol.node_message("output_data", **answer)
+        fd = self.agent.open_output(fields["path"], uid)
+        if fd is None:
+            answer["state"] = "missing"
+            return protocol.node_message("output_data", **answer)
+        try:
+            data = os.pread(fd, fields["max_bytes"], fields["offset"])
+            answer.update(state="ok", data=data.decode("latin-1"))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return protocol.node_message("output_data", **answer)
+
+    # -- this host's clients ------------------------------------------------------------------
+
+    def _serve_client(self, connection, peer):
+        """One local client's connection (a server thread): each request is relayed to the
+        master with the identity the kernel gave, and its reply passed back."""
+        timeout = transport.FIRST_READ_TIMEOUT
+        while True:
+            try:
+                message = connection.read(timeout)
+            except MgpuError as e:
+                _send_quietly(connection, protocol.error_from(e))
+                return
+            if message is None:
+                return
+            timeout = transport.IDLE_READ_TIMEOUT
+            try:
+                type_, _ = protocol.check_request(message)
+                reply = self._relay(message, type_, peer)
+            except MgpuError as e:
+                reply = protocol.error_from(e)
+            if not _send_quietly(connection, reply):
+                return
+
+    def _relay(self, request, type_, peer):
+        if type_ == "attach":
+            raise MgpuError(errors.BAD_REQUEST, "streaming a job (srun -i) through node %s is not supported "
+                            "yet: run it on the master's host" % self.name)
+        try:
+            account = pwd.getpwuid(peer.uid)
+        except KeyError:
+            raise MgpuError(errors.PERMISSION_DENIED, "your uid %d has no account on this host" % peer.uid) from None
+        if not self.connected.is_set():
+            raise MgpuError(errors.UNAVAILABLE, "node %s is not connected to its master %s right now; try "
+                            "again shortly" % (self.name, self.master_address))
+        waiting = queue.SimpleQueue()
+        with self._relay_lock:
+            if len(self._relayed) >= MAX_RELAYED:
+                raise MgpuError(errors.UNAVAILABLE, "node %s has too many requests waiting for the master; "
+                                "try again" % self.name)
+            request_id = self._next_relay
+            self._next_relay += 1
+            self._relayed[request_id] = waiting
+        self._post(protocol.node_message(
+            "relay", request_id=request_id, request=request,
+            peer={"user": account.pw_name, "uid": account.pw_uid, "gid": account.pw_gid, "home": account.pw_dir}))
+        try:
+            return waiting.get(timeout=transport.REPLY_TIMEOUT)
+        except queue.Empty:
+            with self._relay_lock:
+                self._relayed.pop(request_id, None)
+            raise MgpuError(errors.TIMEOUT, "the master did not answer within %.0f s" % transport.REPLY_TIMEOUT) from None
+
+    def _fail_relayed(self, why):
+        with self._relay_lock:
+            waiting, self._relayed = list(self._relayed.values()), {}
+        for each in waiting:
+            each.put(protocol.error(errors.UNAVAILABLE, why))
+
+
+def _send_quietly(connection, message):
+    try:
+        try:
+            connection.send(message)
+        except MgpuError as e:
+            connection.send(protocol.error_from(e))
+        return True
+    except OSError:
+        return False
 
 
 class _EndOfStream(Exception):

@@ -6,7 +6,11 @@ to an in-process NodeAgent; a remote host gets the same interface over TLS (Remo
 the controller and the master treat both alike. Must not: decide anything.
 """
 
+import os
+
 from . import protocol
+
+OUTPUT_READ_TIMEOUT = 10.0  # a node's answer to output_read
 
 
 class NodeLink:
@@ -27,8 +31,42 @@ class NodeLink:
     def adopt(self, jobs):
         raise NotImplementedError
 
-    def open_output(self, path, uid):
+    def open_output(self, path, uid, user):
+        """A job's output file opened for reading as its user (an object with read(n) and
+        close()), or None when it cannot be read (yet)."""
         raise NotImplementedError
+
+
+class LocalOutput:
+    """A job's output file on the master's own host: a descriptor opened as the user."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def read(self, size):
+        try:
+            return os.read(self.fd, size)
+        except BlockingIOError:
+            return b""
+
+    def close(self):
+        os.close(self.fd)
+
+
+class RemoteOutput:
+    """A job's output file on a node, read piece by piece through the link (output_read)."""
+
+    def __init__(self, link, path, user):
+        self.link, self.path, self.user = link, path, user
+        self.offset = 0
+
+    def read(self, size):
+        data = self.link.read_output(self.path, self.user, self.offset, min(size, protocol.MAX_OUTPUT_READ))
+        self.offset += len(data)
+        return data
+
+    def close(self):
+        pass
 
 
 class LocalNodeLink(NodeLink):
@@ -53,8 +91,9 @@ class LocalNodeLink(NodeLink):
     def adopt(self, jobs):
         self.agent.adopt(jobs)
 
-    def open_output(self, path, uid):
-        return self.agent.open_output(path, uid)
+    def open_output(self, path, uid, user):
+        fd = self.agent.open_output(path, uid)
+        return None if fd is None else LocalOutput(fd)
 
 
 class RemoteNodeLink(NodeLink):
@@ -72,6 +111,9 @@ class RemoteNodeLink(NodeLink):
         self.address = address
         self.log = log
         self.closed = False
+        self._reads = {}  # output_read request id -> the queue its stream waits on
+        self._reads_lock = threading.Lock()
+        self._next_read = 1
         self._outbox = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._send_loop, name="node-link-%s" % name, daemon=True)
 
@@ -110,11 +152,42 @@ class RemoteNodeLink(NodeLink):
     def kill(self, job_id, attempt):
         self._send("kill", job_id=job_id, attempt=attempt)
 
+    def relay_reply(self, request_id, reply):
+        self._send("relay_reply", request_id=request_id, reply=reply)
+
     def adopt(self, jobs):
         pass  # a remote node adopts its jobs itself and reports them when it registers
 
-    def open_output(self, path, uid):
-        return None  # output of remote jobs is not streamed through the master yet
+    def open_output(self, path, uid, user):
+        return RemoteOutput(self, path, user)
+
+    def read_output(self, path, user, offset, max_bytes, timeout=OUTPUT_READ_TIMEOUT):
+        """Bytes of a job's output file on this node from `offset` (b"" when there is nothing
+        new, the file is not there yet, or the node does not answer in time)."""
+        import queue
+
+        waiting = queue.SimpleQueue()
+        with self._reads_lock:
+            request_id = self._next_read
+            self._next_read += 1
+            self._reads[request_id] = waiting
+        self._send("output_read", request_id=request_id, path=path, user=user, offset=offset, max_bytes=max_bytes)
+        try:
+            answer = waiting.get(timeout=timeout)
+        except queue.Empty:
+            answer = None
+        with self._reads_lock:
+            self._reads.pop(request_id, None)
+        if answer is None or answer["state"] != "ok":
+            return b""
+        return answer["data"].encode("latin-1", "replace")
+
+    def output_data(self, fields):
+        """An output_data from the node (its reader thread): to the stream waiting for it."""
+        with self._reads_lock:
+            waiting = self._reads.get(fields["request_id"])
+        if waiting is not None:
+            waiting.put(fields)
 
     def close(self):
         if not self.closed:

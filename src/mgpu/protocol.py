@@ -344,11 +344,17 @@ def _check_submit(fields):
 # fields and their limits; `check_node_message` refuses anything else. Node names come from
 # registration, never from a later message; job reports carry the attempt they are about, so a
 # late or repeated report about an older attempt is recognised and ignored by the controller.
+# `relay` carries a local client's request with the identity the node read from SO_PEERCRED;
+# the master checks the request like any other and trusts that identity only on this link.
+# `output_read` asks a node for a piece of a job's output file (read there as the job's user,
+# regular files of that user only), for `srun -i` of a job on that node; `output_data` answers
+# it (bytes as latin-1 text).
 
 MAX_NODE_FRAME = 4 << 20   # a launch carries a job's environment and command
 MAX_NODE_NAME = 64
 MAX_REASON = 1000
 MAX_ATTEMPTS_REPORTED = 100_000
+MAX_OUTPUT_READ = 256 * 1024  # bytes of a job's output in one output_read / output_data
 PHASES = ("intent", "launched", "started", "exited")
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -385,14 +391,26 @@ NODE_MESSAGES = {
                    "error": (("str?", MAX_REASON), False)},
     "job_lost": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "started": (("bool",), True),
                  "reason": (("str?", MAX_REASON), False)},
+    "relay": {"request_id": (_JOB_ID, True),
+              "peer": (("obj", {"user": (("str", 256), True), "uid": (("int", 0, (1 << 32) - 2), True),
+                                "gid": (("int", 0, (1 << 32) - 2), True), "home": (("str", MAX_PATH), True)}), True),
+              "request": (("obj", None), True)},
+    "output_data": {"request_id": (_JOB_ID, True), "data": (("str", MAX_OUTPUT_READ), True),
+                    "state": (("str", 16), True)},
     # master -> node
+    "output_read": {"request_id": (_JOB_ID, True), "path": (("str", MAX_PATH), True),
+                    "user": (("str", 256), True), "offset": (("int", 0, 1 << 62), True),
+                    "max_bytes": (("int", 1, MAX_OUTPUT_READ), True)},
+    "relay_reply": {"request_id": (_JOB_ID, True), "reply": (("obj", None), True)},
     "launch": {"job": (("obj", None), True), "env": (("map", MAX_ENV_ENTRIES, ("str", MAX_COMMAND_BYTES)), True)},
     "signal": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "signum": (("int", 1, MAX_SIGNAL), True)},
     "release": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
     "kill": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
 }
-NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost"))
-MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill"))
+NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost",
+                            "relay", "output_data"))
+MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill", "relay_reply", "output_read"))
+OUTPUT_STATES = ("ok", "missing", "refused")  # output_data: read, no such file yet, not readable
 
 
 def node_message(type_, **fields):

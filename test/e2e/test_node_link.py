@@ -173,3 +173,32 @@ def test_bad_links_are_refused_with_one_line(linked, tmp_path):
     wait_for(lambda: "node n1: link lost (bad message" in cluster.master.log, what="the link to be dropped")
     node.close()
     assert cluster.run(ALICE, "queue").returncode == 0
+
+
+def test_requests_relayed_by_a_node_carry_its_users_identity(linked):
+    cluster, key_path, port = linked
+    node = FakeNode(key_path, port)
+    try:
+        bobs = cluster.submit("mgpu-bob", "--gpus", "0", "--", "sleep", "300")
+        alice = {"user": ALICE, "uid": 4242, "gid": 4242, "home": "/home/elsewhere/alice"}
+        submit = protocol.request("submit", command=["true"], cwd="/tmp", env={"PATH": "/usr/bin:/bin"}, gpus=1)
+        node.send("relay", request_id=1, peer=alice, request=submit)
+        node.send("relay", request_id=2, peer=alice, request=protocol.request("cancel", ids=[bobs]))
+        node.send("relay", request_id=3, peer=alice, request={"v": 1, "type": "submit", "command": ["a\x00b"], "cwd": "/", "env": {}})
+        node.send("relay", request_id=4, peer=alice, request=protocol.request("attach", job_id=bobs))
+        replies = {}
+        while len(replies) < 4:
+            type_, fields = node.read()
+            if type_ == "relay_reply":
+                replies[fields["request_id"]] = fields["reply"]
+        assert replies[1]["ok"], replies[1]
+        job = cluster.job(replies[1]["result"]["job_id"])
+        import pwd
+        assert (job["user"], job["uid"]) == (ALICE, pwd.getpwnam(ALICE).pw_uid)  # her uid on the master's host
+        assert replies[1]["result"]["output"] == "/home/elsewhere/alice/.mgpu/logs/%d.out" % job["id"]
+        result = replies[2]["result"]["results"][0]
+        assert result["result"] == "permission_denied" and cluster.job(bobs)["state"] == "RUNNING"
+        assert replies[3]["ok"] is False and replies[3]["error"] == "bad_request"
+        assert replies[4]["ok"] is False and "srun -i" in replies[4]["message"]
+    finally:
+        node.close()

@@ -30,6 +30,7 @@ def build_parser():
     parser.add_argument("--master", metavar="HOST:PORT", help="where the master listens (also MGPU_MASTER_HOST and MGPU_MASTER_PORT; port 8080 by default)")
     parser.add_argument("--key", metavar="PATH", help="the cluster key (default /etc/mgpu/cluster.key)")
     parser.add_argument("--name", metavar="NAME", help="this host's name in the cluster (default: host name)")
+    parser.add_argument("--socket", metavar="PATH", help="UNIX socket for this host's clients, relayed to the master (also MGPU_SOCKET; default /run/mgpu/mgpu.sock as root)")
     parser.add_argument("--state-dir", metavar="DIR", help="where job records are kept (default /var/lib/mgpu as root)")
     parser.add_argument("--fake-gpus", metavar="N[:MB]", help="declare N fake GPUs of MB memory instead of NVML (e.g. 4:81920)")
     parser.add_argument("--heartbeat-interval", metavar="SECONDS", type=float,
@@ -44,7 +45,7 @@ def main(argv):
 
     bundle.prepare_daemon()  # before the launcher helper is forked
 
-    overrides = {"master": args.master, "key_file": args.key, "node_name": args.name,
+    overrides = {"master": args.master, "key_file": args.key, "node_name": args.name, "socket": args.socket,
                  "state_dir": args.state_dir, "fake_gpus": args.fake_gpus,
                  "heartbeat_interval": args.heartbeat_interval}
     settings = config.load(args.config, overrides)
