@@ -530,7 +530,7 @@ class NodeDaemon:
                 return
 
     def _relay(self, request, type_, peer):
-        if type_ == "attach":
+        if type_ == "attach" or (type_ == "submit" and request.get("interactive")):
             raise MgpuError(errors.BAD_REQUEST, "streaming a job (srun -i) through node %s is not supported "
                             "yet: run it on the master's host" % self.name)
         try:

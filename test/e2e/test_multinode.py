@@ -8,6 +8,7 @@ Timeouts are short (heartbeat 1 s, node timeout 3-6 s) so the file runs in about
 """
 
 import functools
+import json
 import os
 import pwd
 import re
@@ -407,3 +408,26 @@ def test_master_killed_and_restarted_keeps_remote_jobs(lab):
     assert (ended["state"], ended["exit_code"]) == ("FAILED", 3), ended
     after = cluster.submit(BOB, "--gpus", "1", "--", "true")
     assert cluster.wait_state(after, TERMINAL)["state"] == "COMPLETED"
+
+
+@needs_node
+def test_clients_on_a_node_host_are_relayed_with_their_own_identity(lab):
+    cluster = lab.start_cluster()
+    via_n1 = {"MGPU_SOCKET": lab.nodes["n1"].socket}
+    via_n2 = {"MGPU_SOCKET": lab.nodes["n2"].socket}
+    submitted = cluster.run(ALICE, "srun", "--parsable", "--gpus", "1", "--", "sleep", unique_sleep(), env=via_n1)
+    assert submitted.returncode == 0, submitted.stderr + lab.master.log[-2000:]
+    job = int(submitted.stdout)
+    running = cluster.wait_state(job, "RUNNING")
+    assert running["user"] == ALICE and running["uid"] == pwd.getpwnam(ALICE).pw_uid
+    listed = cluster.run(BOB, "queue", "--json", env=via_n2)
+    assert listed.returncode == 0 and job in [j["id"] for j in json.loads(listed.stdout)["jobs"]]
+    refused = cluster.run(BOB, "cancel", str(job), env=via_n2)
+    assert refused.returncode == 1
+    assert refused.stderr == "mgpu: cannot cancel job %d: permission denied: job %d belongs to %s\n" % (job, job, ALICE)
+    assert cluster.job(job)["state"] == "RUNNING"
+    streamed = cluster.run(ALICE, "srun", "-i", "--gpus", "0", "--", "true", env=via_n1)
+    assert streamed.returncode == 1 and "srun -i" in streamed.stderr and "master's host" in streamed.stderr
+    assert [j["id"] for j in cluster.queue()["jobs"]] == [job]  # nothing was submitted
+    assert cluster.run(ALICE, "cancel", str(job), env=via_n1).returncode == 0
+    cluster.wait_state(job, "CANCELLED")

@@ -55,7 +55,7 @@ def main(argv):
             print("job %d: %s" % (result["id"], text(result["message"])))
         else:
             failed = True
-            sys.stderr.write("mgpu: cannot cancel job %d: %s\n" % (result["id"], result["message"]))
+            sys.stderr.write("mgpu: cannot cancel job %d: %s\n" % (result["id"], text(result["message"])))
     if args.user and not results:
         print("no active jobs of %s" % text(args.user))
     return EXIT_ERROR if failed else 0
