@@ -349,7 +349,7 @@ class Master:
                 _, fields = protocol.check_node_message(message, ("node_register",))
             except MgpuError as e:
                 log("refused a node link from %s: %s" % (peer, e.message))
-                _send_quietly(connection, protocol.error_from(e))
+                connection.reply(protocol.error_from(e))
                 return
             link = RemoteNodeLink(fields["name"], connection, peer, log)
             token = _PendingReply("node_register")
@@ -358,7 +358,7 @@ class Master:
                 reply = token.queue.get(timeout=transport.REPLY_TIMEOUT)
             except queue.Empty:
                 reply = protocol.error(errors.TIMEOUT, "the master did not answer in time")
-            if not _send_quietly(connection, reply) or not reply.get("ok"):
+            if not connection.reply(reply) or not reply.get("ok"):
                 return
             link.start()
             reason = "the node closed the link"
@@ -565,7 +565,7 @@ class Master:
             try:
                 message = connection.read(timeout)
             except MgpuError as e:
-                _send_quietly(connection, protocol.error_from(e))
+                connection.reply(protocol.error_from(e))
                 return  # after a bad or oversize frame the stream is not trustworthy
             if message is None:
                 return
@@ -573,11 +573,11 @@ class Master:
             try:
                 type_, fields = protocol.check_request(message)
             except MgpuError as e:
-                if not _send_quietly(connection, protocol.error_from(e)):
+                if not connection.reply(protocol.error_from(e)):
                     return
                 continue
             reply = self._call(type_, fields, peer)
-            if not _send_quietly(connection, reply):
+            if not connection.reply(reply):
                 return
             if type_ == "attach" and reply.get("ok"):
                 self._stream(connection, reply["result"])
@@ -694,19 +694,6 @@ def _close_quietly(sock):
         sock.close()
     except OSError:
         pass
-
-
-def _send_quietly(connection, message):
-    """Send a reply; False when the client is gone. A reply too large to send becomes an error
-    reply."""
-    try:
-        try:
-            connection.send(message)
-        except MgpuError as e:
-            connection.send(protocol.error_from(e))
-        return True
-    except OSError:
-        return False
 
 
 _accounts = {}

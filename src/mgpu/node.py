@@ -516,7 +516,7 @@ class NodeDaemon:
             try:
                 message = connection.read(timeout)
             except MgpuError as e:
-                _send_quietly(connection, protocol.error_from(e))
+                connection.reply(protocol.error_from(e))
                 return
             if message is None:
                 return
@@ -526,7 +526,7 @@ class NodeDaemon:
                 reply = self._relay(message, type_, peer)
             except MgpuError as e:
                 reply = protocol.error_from(e)
-            if not _send_quietly(connection, reply):
+            if not connection.reply(reply):
                 return
 
     def _relay(self, request, type_, peer):
@@ -563,17 +563,6 @@ class NodeDaemon:
             waiting, self._relayed = list(self._relayed.values()), {}
         for each in waiting:
             each.put(protocol.error(errors.UNAVAILABLE, why))
-
-
-def _send_quietly(connection, message):
-    try:
-        try:
-            connection.send(message)
-        except MgpuError as e:
-            connection.send(protocol.error_from(e))
-        return True
-    except OSError:
-        return False
 
 
 class _EndOfStream(Exception):

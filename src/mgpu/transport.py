@@ -49,6 +49,18 @@ class Connection:
     def send(self, message):
         self.send_raw(protocol.encode(message))
 
+    def reply(self, message):
+        """Send a reply; False when the peer is gone. A reply too large to send becomes an
+        error reply."""
+        try:
+            try:
+                self.send(message)
+            except MgpuError as e:
+                self.send(protocol.error_from(e))
+            return True
+        except OSError:
+            return False
+
     def send_raw(self, frame):
         # A read leaves the socket's timeout at what was left of its deadline; a send gets its own.
         self.sock.settimeout(SEND_TIMEOUT)
