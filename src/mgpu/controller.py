@@ -8,7 +8,9 @@ start threads, or call a node: it returns actions and the master carries them ou
 store before anything that depends on it.
 
 Events are dicts with a `kind`: `request` (a client's request, with the peer's identity),
-`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`. Time passes through
+`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`. Drained nodes (`drain`, `resume`:
+root and operators) are kept by name, whether they are up or not, and given at construction
+after a restart; a drained node keeps its running jobs and takes no new ones. Time passes through
 `advance(now)`; a scheduler pass runs through `schedule(now)` and only when something changed.
 """
 
@@ -79,6 +81,14 @@ class Release(Action):
         self.node, self.job_id, self.attempt = node, job_id, attempt
 
 
+class SaveDrain(Action):
+    """Record that a node is drained (with its reason), or no longer (reason None)."""
+    __slots__ = ("node", "reason")
+
+    def __init__(self, node, reason):
+        self.node, self.reason = node, reason
+
+
 class Log(Action):
     __slots__ = ("line",)
 
@@ -129,9 +139,10 @@ EVENTS = frozenset(("node_up", "node_heartbeat", "node_down", "gpu_usage", "job_
 
 
 class Controller:
-    def __init__(self, settings, jobs=(), next_id=1, next_seq=1):
+    def __init__(self, settings, jobs=(), next_id=1, next_seq=1, drained=None):
         self.settings = settings
         self.nodes = {}
+        self.drained = dict(drained or {})  # node name -> why it is drained (up, down or unknown)
         self.jobs = {}
         self.pending = {}
         self.running = {}
@@ -367,15 +378,56 @@ class Controller:
             raise MgpuError(errors.PERMISSION_DENIED, "permission denied: job %d belongs to %s" % (job.id, job.user))
         return [Reply(token, ok(self.job_row(job)))]
 
+    def _drain(self, token, fields, peer, now):
+        name, user = fields["node"], peer["user"]
+        if not self.privileged(peer["uid"]):
+            raise MgpuError(errors.PERMISSION_DENIED, "permission denied: only root and operators may drain a node")
+        node = self.nodes.get(name)
+        if node is None and name not in self.drained:
+            raise MgpuError(errors.NOT_FOUND, self._no_such_node(name))
+        reason = fields.get("reason") or "drained by %s" % user
+        self.drained[name] = reason
+        if node is not None and node.state == NodeState.UP:
+            node.state = NodeState.DRAINED
+        self.dirty = True  # the waiting jobs' reasons change
+        running = sum(1 for job in self.running.values() if job.node == name)
+        return [SaveDrain(name, reason), Log("drain node %s by %s: %s" % (name, user, _shown(reason))),
+                Reply(token, ok({"node": name, "reason": reason, "running": running}))]
+
+    def _resume(self, token, fields, peer, now):
+        name, user = fields["node"], peer["user"]
+        if not self.privileged(peer["uid"]):
+            raise MgpuError(errors.PERMISSION_DENIED, "permission denied: only root and operators may resume a node")
+        node = self.nodes.get(name)
+        if node is None and name not in self.drained:
+            raise MgpuError(errors.NOT_FOUND, self._no_such_node(name))
+        if name not in self.drained:
+            return [Reply(token, ok({"node": name, "was_drained": False}))]
+        del self.drained[name]
+        if node is not None and node.state == NodeState.DRAINED:
+            node.state = NodeState.UP
+        self.dirty = True
+        return [SaveDrain(name, None), Log("resume node %s by %s" % (name, user)),
+                Reply(token, ok({"node": name, "was_drained": True}))]
+
+    def _no_such_node(self, name):
+        known = sorted(self.nodes)
+        shown = name if len(name) <= 64 else name[:61] + "..."
+        return "no such node %s (nodes: %s)" % (_shown(shown), ", ".join(known[:20]) + (
+            ", ..." if len(known) > 20 else "") if known else "none")
+
     # -- node events ------------------------------------------------------------------------
 
     def _on_node_up(self, event, now):
         gpus = [Gpu.from_dict(g) for g in event["gpus"]]
         name, address = event["name"], event.get("address")
-        self.nodes[name] = Node(name, gpus, address=address, last_heartbeat=now)
+        drained = self.drained.get(name)
+        self.nodes[name] = Node(name, gpus, state=NodeState.UP if drained is None else NodeState.DRAINED,
+                                address=address, last_heartbeat=now)
         self.dirty = True
         where = " from %s" % address if address else ""
-        return [Log("node %s up%s with %s" % (name, where, _plural(len(gpus), "GPU")))]
+        still = "" if drained is None else " (drained: %s)" % _shown(drained)
+        return [Log("node %s up%s with %s%s" % (name, where, _plural(len(gpus), "GPU"), still))]
 
     def _on_node_heartbeat(self, event, now):
         node = self.nodes.get(event["name"])
@@ -627,6 +679,8 @@ class Controller:
             actions.append(Launch(job))
             actions.append(Log("start job %d on %s GPUs %s" % (
                 job.id, allocation.node, ",".join(map(str, allocation.gpu_ids)) or "none")))
+        if self.drained:
+            self._say_drained(result.waiting)
         if full:
             self.waiting = result.waiting
         else:
@@ -639,6 +693,18 @@ class Controller:
                 actions.append(Log("internal error choosing jobs to switch out: %s: %s"
                                    % (type(e).__name__, e)))
         return actions
+
+    def _say_drained(self, waiting):
+        """Reasons of jobs that wait for want of an up node name the drained ones."""
+        names = sorted(name for name, node in self.nodes.items() if node.state == NodeState.DRAINED)
+        if not names:
+            return
+        suffix = " (drained: %s)" % ", ".join(names[:10])
+        for job_id, reason in waiting.items():
+            if reason == scheduler.NO_NODE_UP:
+                waiting[job_id] = "Resources: no node takes jobs" + suffix
+            elif reason.startswith("Resources: no node that is up"):
+                waiting[job_id] = reason + suffix
 
     def positions(self):
         """Job id -> place in the queue (1 = next to start), for pending jobs."""
@@ -705,14 +771,17 @@ class Controller:
                              "memory_mb": gpu.memory_mb, "reserved_mb": min(reserved, gpu.memory_mb),
                              "external_mb": gpu.external_mb, "jobs": [j.id for j in jobs]})
             rows.append({"name": node.name, "state": self._node_state(node, holders), "gpus": gpus,
-                         "address": node.address, "last_heartbeat": node.last_heartbeat})
+                         "address": node.address, "last_heartbeat": node.last_heartbeat,
+                         "drain_reason": self.drained.get(node.name)})
         return rows
 
     @staticmethod
     def _node_state(node, holders):
-        """down, or by its GPUs: idle (none held), allocated (all held), mixed."""
+        """down, drained, or by its GPUs: idle (none held), allocated (all held), mixed."""
         if node.state == NodeState.DOWN:
             return "down"
+        if node.state == NodeState.DRAINED:
+            return "drained"
         held = sum(1 for gpu in node.gpus if (node.name, gpu.index) in holders)
         if not held:
             return "idle"
@@ -754,6 +823,13 @@ class Controller:
         return [save, Log("job %d not started: %s" % (job.id, reason))]
 
 
+def _shown(text):
+    """Text for a log line: control and other unprintable characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _signal_name(signum):
     try:
         return _signal.Signals(signum).name
@@ -761,4 +837,4 @@ def _signal_name(signum):
         return str(signum)
 
 
-__all__ = ["Controller", "Settings", "Reply", "Save", "Launch", "SignalJob", "Release", "Log"]
+__all__ = ["Controller", "Settings", "Reply", "Save", "SaveDrain", "Launch", "SignalJob", "Release", "Log"]

@@ -109,7 +109,8 @@ class Master:
             allow_root_jobs=config.allow_root_jobs,
             owner_uid=uid if self.single_user else None,
             owner_name=owner[0] if owner else None, keep_finished=config.keep_finished)
-        self.controller = ctl.Controller(settings, finished + active, next_id, next_seq)
+        self.controller = ctl.Controller(settings, finished + active, next_id, next_seq,
+                                         drained=self.store.load_drained())
         self.server = transport.unix_server(config.socket, self._serve_connection, log,
                                             max_connections=config.max_connections,
                                             max_connections_per_user=config.max_connections_per_user)
@@ -125,6 +126,7 @@ class Master:
         self._unsaved = {}
         self._unsaved_envs = {}
         self._unsaved_transitions = []
+        self._unsaved_drains = {}  # node name -> drain reason, or None when resumed
         self._held_releases = []
         self._next_store_retry = 0.0
 
@@ -282,8 +284,10 @@ class Master:
                     self._unsaved_envs[job.id] = action.env
                 if action.transition is not None:
                     self._unsaved_transitions.append(action.transition)
+            elif type(action) is ctl.SaveDrain:
+                self._unsaved_drains[action.node] = action.reason
         stored = True
-        if self._unsaved or self._unsaved_transitions:
+        if self._unsaved or self._unsaved_transitions or self._unsaved_drains:
             stored = self._write_unsaved()
         if not stored:
             actions = self._hold_back(actions)
@@ -484,7 +488,7 @@ class Master:
         c = self.controller
         try:
             self.store.write(list(self._unsaved.values()), list(self._unsaved_envs.items()),
-                             self._unsaved_transitions, c.next_id, c.next_seq)
+                             self._unsaved_transitions, c.next_id, c.next_seq, drained=self._unsaved_drains)
         except StoreError as e:
             self._next_store_retry = time.monotonic() + STORE_RETRY
             if not self.degraded:
@@ -493,6 +497,7 @@ class Master:
                     "(queue and cancel keep working)" % e)
             return False
         self._unsaved, self._unsaved_envs, self._unsaved_transitions = {}, {}, []
+        self._unsaved_drains = {}
         if self.degraded:
             self.degraded = False
             c.dirty = True

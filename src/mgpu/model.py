@@ -121,6 +121,7 @@ class Gpu:
 class NodeState:
     UP = "UP"
     DOWN = "DOWN"
+    DRAINED = "DRAINED"  # up, finishing its running jobs, taking no new ones (mgpu drain)
 
 
 class Node:

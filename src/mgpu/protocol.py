@@ -28,6 +28,8 @@ string in them free of NUL, and every number and size within its limit:
     queue user, state          at most MAX_FILTER characters
     cancel ids                 at most MAX_CANCEL_IDS, each 1 .. MAX_JOB_ID
     attach job_id              1 .. MAX_JOB_ID
+    drain, resume node         1 .. MAX_NODE_NAME characters (the controller: valid_node_name)
+    drain reason               at most MAX_DRAIN_REASON characters, no control characters
 
 Owns: encoding, decoding and field validation of every message. Must not: touch sockets.
 """
@@ -57,6 +59,8 @@ MAX_ENV_SETUP = 64 * 1024        # UTF-8 bytes of --env-setup-cmd
 MAX_FILTER = 256                 # characters of queue's user and state filters
 MAX_CANCEL_IDS = 10_000          # job ids in one cancel
 MAX_UMASK = 0o777
+MAX_NODE_NAME = 64               # characters of a node name (see valid_node_name)
+MAX_DRAIN_REASON = 256           # characters of drain's reason
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -193,6 +197,8 @@ REQUESTS = {
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
     "attach": {"job_id": (_INT, True)},
+    "drain": {"node": (_STR, True), "reason": (_OPT_STR, False)},
+    "resume": {"node": (_STR, True)},
     "ping": {},
 }
 
@@ -216,6 +222,8 @@ STR_LIMITS = {
     "env_setup": (MAX_ENV_SETUP, "bytes"),
     "user": (MAX_FILTER, "chars"),
     "state": (MAX_FILTER, "chars"),
+    "node": (MAX_NODE_NAME, "chars"),
+    "reason": (MAX_DRAIN_REASON, "chars"),
 }
 
 
@@ -267,6 +275,8 @@ def check_request(message):
         _check_submit(fields)
     elif type_ == "cancel":
         _check_cancel(fields)
+    elif type_ == "drain":
+        _check_drain(fields)
     return type_, fields
 
 
@@ -297,6 +307,12 @@ def _check_cancel(fields):
         _bad("cancel", "ids must be job numbers")
     if not all(1 <= i <= MAX_JOB_ID for i in ids):
         _invalid("cancel", "job ids go from 1 to %d" % MAX_JOB_ID)
+
+
+def _check_drain(fields):
+    reason = fields.get("reason")
+    if reason is not None and any(ord(ch) < 32 or 0x7f <= ord(ch) < 0xa0 for ch in reason):
+        _invalid("drain", "reason must be one line without control characters")
 
 
 def _check_submit(fields):
@@ -351,7 +367,7 @@ def _check_submit(fields):
 # it (bytes as latin-1 text).
 
 MAX_NODE_FRAME = 4 << 20   # a launch carries a job's environment and command
-MAX_NODE_NAME = 64
+# MAX_NODE_NAME (above, with the request limits): characters of a node name.
 MAX_REASON = 1000
 MAX_ATTEMPTS_REPORTED = 100_000
 MAX_OUTPUT_READ = 256 * 1024  # bytes of a job's output in one output_read / output_data

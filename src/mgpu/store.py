@@ -12,6 +12,9 @@ Durability: `synchronous=FULL`, so a committed batch survives a power loss; the 
 each batch of events once and only then replies or launches. A record that cannot be loaded (a
 state written by a faulty version, a damaged row) is moved to the `set_aside` table with its
 reason, so the master always starts.
+
+Drained nodes (`mgpu drain`) live in the meta table as `drained:NAME` -> reason, so a drain
+outlasts a restart of the master and of the node.
 """
 
 import json
@@ -21,6 +24,9 @@ import sqlite3
 from .model import Job, JobState
 
 SCHEMA_VERSION = 1
+DRAINED_PREFIX = "drained:"   # meta keys of drained nodes: drained:NAME -> reason
+_MAX_DRAINED_NAME = 64        # protocol.MAX_NODE_NAME
+_MAX_DRAINED_REASON = 256     # protocol.MAX_DRAIN_REASON
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,10 +170,11 @@ class Store:
             jobs.append(job)
         return jobs
 
-    def write(self, jobs, envs, transitions, next_id, next_seq):
+    def write(self, jobs, envs, transitions, next_id, next_seq, drained=None):
         """One durable transaction: changed jobs, new environments, recorded transitions,
-        counters; the environments of jobs that ended are deleted. StoreError when it cannot be
-        written (a full disk): nothing of it is then stored."""
+        counters (not written when None), drained nodes ({name: reason, or None when resumed});
+        the environments of jobs that ended are deleted. StoreError when it cannot be written
+        (a full disk): nothing of it is then stored."""
         db = self.db
         try:
             db.execute("BEGIN")
@@ -183,8 +190,15 @@ class Store:
             if transitions:
                 db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)",
                                [(t.job_id, t.time, t.old, t.new, t.reason, t.cause) for t in transitions])
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job_id', ?), ('next_queue_seq', ?)",
-                       (str(next_id), str(next_seq)))
+            if next_id is not None:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job_id', ?), ('next_queue_seq', ?)",
+                           (str(next_id), str(next_seq)))
+            for name, reason in (drained or {}).items():
+                if reason is None:
+                    db.execute("DELETE FROM meta WHERE key = ?", (DRAINED_PREFIX + name,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                               (DRAINED_PREFIX + name, reason))
             db.execute("COMMIT")
         except BaseException as e:
             if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
@@ -195,6 +209,24 @@ class Store:
             if isinstance(e, sqlite3.Error):
                 raise StoreError("cannot write the state database %s: %s" % (self.path, e)) from None
             raise
+
+    def load_drained(self):
+        """Drained nodes: {name: reason}. A row that is not plausible (a name or reason too
+        long, a NUL) is ignored: the node is then not drained."""
+        drained = {}
+        rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+                               (len(DRAINED_PREFIX), DRAINED_PREFIX)).fetchall()
+        for key, value in rows:
+            name = key[len(DRAINED_PREFIX):]
+            if (isinstance(value, str) and 0 < len(name) <= _MAX_DRAINED_NAME
+                    and len(value) <= _MAX_DRAINED_REASON and "\0" not in name + value):
+                drained[name] = value
+        return drained
+
+    def save_drained(self, changes):
+        """One durable transaction: {name: reason} drains a node, {name: None} resumes it.
+        StoreError when it cannot be written."""
+        self.write((), (), (), None, None, drained=changes)
 
     def job_env(self, job_id):
         row = self.db.execute("SELECT env FROM job_env WHERE id = ?", (job_id,)).fetchone()

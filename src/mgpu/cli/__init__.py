@@ -18,6 +18,8 @@ ROLES = {
     "srun": ("mgpu.cli.srun", "submit a job; -i to wait for it and stream its output"),
     "queue": ("mgpu.cli.queue", "show jobs and GPUs"),
     "cancel": ("mgpu.cli.cancel", "cancel jobs"),
+    "drain": ("mgpu.cli.drain", "drain a node: its jobs finish, no new ones start (root, operators)"),
+    "resume": ("mgpu.cli.resume", "resume a drained node (root, operators)"),
     "keygen": ("mgpu.cli.keygen", "write a new cluster key (once per cluster; copy it to every host)"),
 }
 
