@@ -83,3 +83,10 @@ def test_the_node_table_shows_state_address_use_and_last_heartbeat():
     assert lines[1].split() == ["gpu1", "mixed", "10.0.0.2", "1/2", "0:05", "ago"]
     assert lines[2].split() == ["head", "idle", "(master)", "0/0", "-"]
     assert lines[3].split() == ["n\\x1b[2J", "down", "10.0.0.3\\n", "0/0", "1:00", "ago"]
+
+
+def test_the_gpus_table_names_a_node_out_of_service():
+    gpu = {"index": 0, "name": "G", "reserved_mb": 0, "memory_mb": 100, "external_mb": 0, "jobs": []}
+    table = render.gpus_table([{"name": "a", "state": "drained", "gpus": [gpu]},
+                               {"name": "b", "state": "mixed", "gpus": [gpu]}])
+    assert table.split("\n")[1].split()[:2] == ["a", "(drained)"] and table.split("\n")[2].split()[0] == "b"

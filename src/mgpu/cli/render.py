@@ -90,6 +90,9 @@ def jobs_table(jobs, now, show_exit):
     return table(headers, rows)
 
 
+IN_SERVICE = ("idle", "mixed", "allocated")  # other node states (down, drained) are shown by name
+
+
 def gpus_table(nodes):
     headers = ["NODE", "GPU", "NAME", "MEMORY (RESERVED/TOTAL MB)", "JOBS"]
     rows = []
@@ -98,7 +101,7 @@ def gpus_table(nodes):
             memory = "%d/%d" % (gpu["reserved_mb"], gpu["memory_mb"])
             if gpu.get("external_mb"):
                 memory += " (+%d used outside mgpu)" % gpu["external_mb"]
-            node_cell = text(node["name"]) if node["state"] != "down" else "%s (%s)" % (
+            node_cell = text(node["name"]) if node["state"] in IN_SERVICE else "%s (%s)" % (
                 text(node["name"]), text(node["state"]))
             rows.append([node_cell, str(gpu["index"]), text(gpu["name"]), memory,
                          ",".join(map(str, gpu["jobs"])) or "-"])
