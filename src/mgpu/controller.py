@@ -134,8 +134,8 @@ def describe_command(command):
 
 
 # The events the master feeds to handle(), besides requests; each has a handler `_on_<kind>`.
-EVENTS = frozenset(("node_up", "node_heartbeat", "node_down", "gpu_usage", "job_started", "job_exited",
-                    "job_lost"))
+EVENTS = frozenset(("node_up", "node_heartbeat", "node_unreachable", "node_down", "gpu_usage", "job_started",
+                    "job_exited", "job_lost"))
 
 
 class Controller:
@@ -435,6 +435,15 @@ class Controller:
             node.last_heartbeat = now
         return []
 
+    def _on_node_unreachable(self, event, now):
+        """Its link is lost: no new job goes there (a launch could not reach it); its running
+        jobs stay until it returns or node_timeout declares it down."""
+        node = self.nodes.get(event["name"])
+        if node is not None and node.state in (NodeState.UP, NodeState.DRAINED):
+            node.state = NodeState.UNREACHABLE
+            self.dirty = True
+        return []
+
     def _on_node_down(self, event, now):
         """A node stopped answering: its GPUs leave the pool and its running jobs end NODE_FAIL
         (or go back to the queue when they allow a requeue)."""
@@ -466,8 +475,10 @@ class Controller:
         node = self.nodes.get(event["node"])
         if node is not None:
             for gpu in node.gpus:
-                gpu.external_mb = int(event["usage"].get(gpu.index, event["usage"].get(str(gpu.index), 0)))
-            self.dirty = True
+                used = int(event["usage"].get(gpu.index, event["usage"].get(str(gpu.index), 0)))
+                if used != gpu.external_mb:  # a pass only when what a job may get changed
+                    gpu.external_mb = used
+                    self.dirty = True
         return []
 
     def _current(self, event):
@@ -777,11 +788,14 @@ class Controller:
 
     @staticmethod
     def _node_state(node, holders):
-        """down, drained, or by its GPUs: idle (none held), allocated (all held), mixed."""
+        """down, drained, unreachable, or by its GPUs: idle (none held), allocated (all held),
+        mixed."""
         if node.state == NodeState.DOWN:
             return "down"
         if node.state == NodeState.DRAINED:
             return "drained"
+        if node.state == NodeState.UNREACHABLE:
+            return "unreachable"
         held = sum(1 for gpu in node.gpus if (node.name, gpu.index) in holders)
         if not held:
             return "idle"

@@ -364,34 +364,26 @@ class Master:
                 reply = protocol.error(errors.TIMEOUT, "the master did not answer in time")
             if not connection.reply(reply) or not reply.get("ok"):
                 return
-            link.start()
-            reason = "the node closed the link"
-            while True:
-                try:
-                    message = connection.read(self.config.node_timeout)
-                except MgpuError as e:
-                    reason = e.message
-                    break
-                except Exception as e:  # a TLS record that fails its check, a reset
-                    reason = "%s: %s" % (type(e).__name__, e)
-                    break
-                if message is None:
-                    break
-                try:
-                    type_, fields = protocol.check_node_message(message, protocol.NODE_TO_MASTER - {"node_register"})
-                except MgpuError as e:
-                    reason = "bad message: %s" % e.message
-                    break
-                if type_ == "output_data":  # for a stream thread waiting on it, not for the loop
-                    link.output_data(fields)
-                    continue
-                self.events.put({"kind": "node_report", "link": link, "type": type_, "fields": fields})
+            reason = link.serve(lambda message: self._node_message(link, message), self.config.node_timeout)
             self.events.put({"kind": "node_link_lost", "link": link, "reason": reason})
         finally:
             if link is not None:
-                link.close()
+                link.dispose()
             else:
                 connection.close()
+
+    def _node_message(self, link, message):
+        """One message from a registered node (its link's thread): checked, then an event for
+        the loop; output_data goes straight to the stream waiting for it. A bad message ends
+        the link (MgpuError)."""
+        try:
+            type_, fields = protocol.check_node_message(message, protocol.NODE_TO_MASTER - {"node_register"})
+        except MgpuError as e:
+            raise MgpuError(e.code, "bad message: %s" % e.message) from None
+        if type_ == "output_data":
+            link.output_data(fields)
+            return
+        self.events.put({"kind": "node_report", "link": link, "type": type_, "fields": fields})
 
     def _node_link_event(self, event, now):
         """A node-link event, handled here (links are the master's); returns the controller
@@ -405,7 +397,7 @@ class Master:
             del self.links[link.name]
             log("node %s: link lost (%s); it is declared down in %gs unless it reconnects"
                 % (link.name, event["reason"], self.config.node_timeout))
-            return None
+            return {"kind": "node_unreachable", "name": link.name}
         self.node_seen[link.name] = time.monotonic()
         type_, fields = event["type"], event["fields"]
         if type_ == "node_heartbeat":

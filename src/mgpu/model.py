@@ -122,6 +122,7 @@ class NodeState:
     UP = "UP"
     DOWN = "DOWN"
     DRAINED = "DRAINED"  # up, finishing its running jobs, taking no new ones (mgpu drain)
+    UNREACHABLE = "UNREACHABLE"  # its link is lost: no new jobs; down after node_timeout unless it returns
 
 
 class Node:

@@ -8,9 +8,11 @@ the controller and the master treat both alike. Must not: decide anything.
 
 import os
 
-from . import protocol
+from . import errors, protocol
+from .errors import MgpuError
 
 OUTPUT_READ_TIMEOUT = 10.0  # a node's answer to output_read
+LINK_SLICE = 0.5            # a link's thread looks at its outbox at least this often
 
 
 class NodeLink:
@@ -97,13 +99,14 @@ class LocalNodeLink(NodeLink):
 
 
 class RemoteNodeLink(NodeLink):
-    """A node agent on another host, over its authenticated TLS connection. Messages to it go
-    out through a sender thread of their own, so a slow or vanished host never blocks the
-    master's loop; a send that fails closes the link (the master then waits for the node to
-    reconnect, or declares it down after node_timeout)."""
+    """A node agent on another host, over its authenticated TLS connection. One thread (the
+    connection's, in serve()) does all of the link's I/O: an SSL socket is not for two threads
+    at once. Others queue messages in the outbox and wake it through a pipe, so a slow or
+    vanished host never blocks the master's loop; a send that fails ends the link (the master
+    then waits for the node to reconnect, or declares it down after node_timeout)."""
 
     def __init__(self, name, connection, address, log):
-        import queue
+        import collections
         import threading
 
         self.name = name
@@ -114,28 +117,75 @@ class RemoteNodeLink(NodeLink):
         self._reads = {}  # output_read request id -> the queue its stream waits on
         self._reads_lock = threading.Lock()
         self._next_read = 1
-        self._outbox = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._send_loop, name="node-link-%s" % name, daemon=True)
-
-    def start(self):
-        self._thread.start()
+        self._outbox = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def _send(self, type_, **fields):
-        if not self.closed:
-            self._outbox.put(protocol.node_message(type_, **fields))
+        if self.closed:
+            return
+        with self._outbox_lock:
+            self._outbox.append(protocol.node_message(type_, **fields))
+        self._wake()
 
-    def _send_loop(self):
-        while True:
-            message = self._outbox.get()
-            if message is None or self.closed:
-                return
+    def _wake(self):
+        try:
+            os.write(self._wake_write, b"x")
+        except OSError:
+            pass  # full (a wake-up is pending) or closed
+
+    def serve(self, on_message, silence_limit):
+        """Send what is queued and pass each message the node sends to `on_message`, until the
+        link ends; returns why. `silence_limit`: seconds without a frame from the node."""
+        import select
+        import time
+
+        tls = self.connection.sock
+        last_heard = time.monotonic()
+        while not self.closed:
             try:
-                self.connection.send(message)
-            except Exception as e:  # OSError, ssl.SSLError, or a message too large to send
-                self.log("node %s: cannot send %s: %s: %s; closing the link" % (
-                    self.name, message.get("type"), type(e).__name__, e))
-                self.close()
-                return
+                while True:
+                    with self._outbox_lock:
+                        if not self._outbox:
+                            break
+                        message = self._outbox.popleft()
+                    self.connection.send(message)
+                wait = silence_limit - (time.monotonic() - last_heard)
+                if wait <= 0:
+                    return "no message for %gs" % silence_limit
+                if not tls.pending():
+                    readable, _, _ = select.select([tls, self._wake_read], [], [], min(wait, LINK_SLICE))
+                    if self._wake_read in readable:
+                        try:
+                            while os.read(self._wake_read, 4096):
+                                pass
+                        except OSError:
+                            pass
+                    if tls not in readable:
+                        continue
+                message = self.connection.read(LINK_SLICE)
+                if message is None:
+                    return "the node closed the link"
+                while message is not None:
+                    last_heard = time.monotonic()
+                    on_message(message)
+                    message = self._buffered()
+            except MgpuError as e:
+                if e.code == errors.TIMEOUT:
+                    continue  # a frame still on its way
+                return e.message
+            except Exception as e:  # OSError, ssl.SSLError (an altered record), a reset
+                return "%s: %s" % (type(e).__name__, e)
+        return "the link was closed"
+
+    def _buffered(self):
+        """A frame already received whole, or None."""
+        try:
+            return self.connection.read(0)
+        except MgpuError as e:
+            if e.code == errors.TIMEOUT:
+                return None
+            raise
 
     def info(self):
         return None
@@ -190,7 +240,17 @@ class RemoteNodeLink(NodeLink):
             waiting.put(fields)
 
     def close(self):
+        """End the link (any thread); serve() returns and dispose() frees the pipe."""
         if not self.closed:
             self.closed = True
-            self._outbox.put(None)
+            self._wake()
             self.connection.close()
+
+    def dispose(self):
+        """After serve() has returned: free the wake-up pipe."""
+        self.close()
+        for fd in (self._wake_read, self._wake_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

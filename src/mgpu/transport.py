@@ -331,7 +331,9 @@ MAX_NODE_CONNECTIONS = 4096  # node links (and handshakes in progress) served at
 
 def connect_tcp(host, port, timeout=CONNECT_TIMEOUT):
     """A connected TCP socket to (host, port), with `timeout` on the connect; OSError."""
-    return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames, sent at once
+    return sock
 
 
 def tcp_server(host, port, serve_connection, log, max_connections=MAX_NODE_CONNECTIONS):
@@ -344,6 +346,7 @@ def tcp_server(host, port, serve_connection, log, max_connections=MAX_NODE_CONNE
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
             try:
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.server.serve_connection(self.request, self.client_address)
             except Exception as e:  # never let one connection take the server down
                 log("node link from %s: %s: %s" % (self.client_address[0], type(e).__name__, e))

@@ -90,7 +90,7 @@ def jobs_table(jobs, now, show_exit):
     return table(headers, rows)
 
 
-IN_SERVICE = ("idle", "mixed", "allocated")  # other node states (down, drained) are shown by name
+IN_SERVICE = ("idle", "mixed", "allocated")  # other node states (down, drained, unreachable) are shown by name
 
 
 def gpus_table(nodes):
