@@ -295,6 +295,23 @@ def _cgroup_signal(path, signum):
     return delivered
 
 
+def _make_job_cgroup(path):
+    """Create a job's cgroup (and the daemon's directory above it, which the end of the last
+    job removes); the path, or None when it cannot be made."""
+    for _ in range(3):  # another job's end may remove the parent between the two calls
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, 0o755)
+            return path
+        except FileExistsError:
+            return path
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
 def _cgroup_remove(path, deadline):
     """Kill what is left in the job's cgroup, wait until it is empty, remove it. True when it
     is gone (or never existed)."""
@@ -717,13 +734,7 @@ def _supervise(spec, event_fd, lock_fd, libc):
         pass
     cgroup = spec.get("cgroup")
     if cgroup:
-        try:
-            os.makedirs(os.path.dirname(cgroup), exist_ok=True)  # removed by a stopping daemon
-            os.mkdir(cgroup, 0o755)
-        except FileExistsError:
-            pass
-        except OSError:
-            cgroup = None
+        cgroup = _make_job_cgroup(cgroup)
         if cgroup:
             try:
                 with open(os.path.join(cgroup, "cgroup.procs"), "w") as procs:
@@ -805,6 +816,7 @@ def _end_leftovers(job_pid, handle):
     me = os.getpid()
     if handle.cgroup:
         _cgroup_remove(handle.cgroup, deadline)
+        remove_cgroup_base(os.path.dirname(handle.cgroup))  # the last job's end leaves nothing behind
     while True:
         left = [pid for pid, parent, _, sid, _ in _processes() if pid != me and (sid == me or parent == me)]
         for pid in left:
