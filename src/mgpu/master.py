@@ -557,22 +557,7 @@ class Master:
     # -- connections ------------------------------------------------------------------------
 
     def _serve_connection(self, connection, peer):
-        timeout = transport.FIRST_READ_TIMEOUT
-        while True:
-            try:
-                message = connection.read(timeout)
-            except MgpuError as e:
-                connection.reply(protocol.error_from(e))
-                return  # after a bad or oversize frame the stream is not trustworthy
-            if message is None:
-                return
-            timeout = transport.IDLE_READ_TIMEOUT
-            try:
-                type_, fields = protocol.check_request(message)
-            except MgpuError as e:
-                if not connection.reply(protocol.error_from(e)):
-                    return
-                continue
+        for type_, fields, _ in connection.requests():
             reply = self._call(type_, fields, peer)
             if not connection.reply(reply):
                 return

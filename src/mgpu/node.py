@@ -511,18 +511,8 @@ class NodeDaemon:
     def _serve_client(self, connection, peer):
         """One local client's connection (a server thread): each request is relayed to the
         master with the identity the kernel gave, and its reply passed back."""
-        timeout = transport.FIRST_READ_TIMEOUT
-        while True:
+        for type_, _, message in connection.requests():
             try:
-                message = connection.read(timeout)
-            except MgpuError as e:
-                connection.reply(protocol.error_from(e))
-                return
-            if message is None:
-                return
-            timeout = transport.IDLE_READ_TIMEOUT
-            try:
-                type_, _ = protocol.check_request(message)
                 reply = self._relay(message, type_, peer)
             except MgpuError as e:
                 reply = protocol.error_from(e)

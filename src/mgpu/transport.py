@@ -61,6 +61,29 @@ class Connection:
         except OSError:
             return False
 
+    def requests(self):
+        """Yield (type, fields, message) for each well-formed request a client sends, the first
+        within FIRST_READ_TIMEOUT, the next ones within IDLE_READ_TIMEOUT. A malformed request
+        gets its error reply and the next one is read; an unreadable or oversize frame gets its
+        error reply and ends the connection (the stream is no longer trustworthy)."""
+        timeout = FIRST_READ_TIMEOUT
+        while True:
+            try:
+                message = self.read(timeout)
+            except MgpuError as e:
+                self.reply(protocol.error_from(e))
+                return
+            if message is None:
+                return
+            timeout = IDLE_READ_TIMEOUT
+            try:
+                type_, fields = protocol.check_request(message)
+            except MgpuError as e:
+                if not self.reply(protocol.error_from(e)):
+                    return
+                continue
+            yield type_, fields, message
+
     def send_raw(self, frame):
         # A read leaves the socket's timeout at what was left of its deadline; a send gets its own.
         self.sock.settimeout(SEND_TIMEOUT)
