@@ -238,12 +238,14 @@ class Master:
             for path in (self.workdir, os.path.dirname(self.socket)):
                 os.chown(path, uid, gid)
         self.log_file = open(self.log_path, "ab")
-        env = self.installation.env(self.socket, self.user)
-        self.process = popen_as(self.user, self.argv, env, cwd=self.workdir,
-                                stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.process = self._spawn(stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if wait:
             wait_for(self.answers, timeout=20, what="the master to answer on %s\n%s" % (self.socket, self.log))
         return self
+
+    def _spawn(self, **popen_kwargs):
+        env = self.installation.env(self.socket, self.user)
+        return popen_as(self.user, self.argv, env, cwd=self.workdir, **popen_kwargs)
 
     def answers(self):
         if self.process.poll() is not None:
@@ -384,19 +386,8 @@ class SpawnedMaster(Master):
         super().__init__(installation, workdir, fake_gpus=fake_gpus, args=args, config=config)
         self.spawn = spawn
 
-    def start(self, wait=True):
-        if self.process is not None:
-            if self.process.poll() is not None:
-                self._judge_end()
-            self.process = None
-        self._expected_exit = self._signal_sent = None
-        os.makedirs(os.path.dirname(self.socket), exist_ok=True)
-        self.log_file = open(self.log_path, "ab")
-        self.process = self.spawn(self.argv, env=self.installation.env(self.socket), cwd=self.workdir,
-                                  stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if wait:
-            wait_for(self.answers, timeout=20, what="the master to answer on %s\n%s" % (self.socket, self.log))
-        return self
+    def _spawn(self, **popen_kwargs):
+        return self.spawn(self.argv, env=self.installation.env(self.socket), cwd=self.workdir, **popen_kwargs)
 
 
 class Node(SpawnedMaster):
