@@ -380,11 +380,7 @@ class Controller:
 
     def _drain(self, token, fields, peer, now):
         name, user = fields["node"], peer["user"]
-        if not self.privileged(peer["uid"]):
-            raise MgpuError(errors.PERMISSION_DENIED, "permission denied: only root and operators may drain a node")
-        node = self.nodes.get(name)
-        if node is None and name not in self.drained:
-            raise MgpuError(errors.NOT_FOUND, self._no_such_node(name))
+        node = self._node_to_operate(name, peer, "drain")
         reason = fields.get("reason") or "drained by %s" % user
         self.drained[name] = reason
         if node is not None and node.state == NodeState.UP:
@@ -396,11 +392,7 @@ class Controller:
 
     def _resume(self, token, fields, peer, now):
         name, user = fields["node"], peer["user"]
-        if not self.privileged(peer["uid"]):
-            raise MgpuError(errors.PERMISSION_DENIED, "permission denied: only root and operators may resume a node")
-        node = self.nodes.get(name)
-        if node is None and name not in self.drained:
-            raise MgpuError(errors.NOT_FOUND, self._no_such_node(name))
+        node = self._node_to_operate(name, peer, "resume")
         if name not in self.drained:
             return [Reply(token, ok({"node": name, "was_drained": False}))]
         del self.drained[name]
@@ -409,6 +401,16 @@ class Controller:
         self.dirty = True
         return [SaveDrain(name, None), Log("resume node %s by %s" % (name, user)),
                 Reply(token, ok({"node": name, "was_drained": True}))]
+
+    def _node_to_operate(self, name, peer, verb):
+        """The node root or an operator may `verb` (None when it is drained but not up now);
+        MgpuError for anyone else (checked first: others learn no node names) or an unknown node."""
+        if not self.privileged(peer["uid"]):
+            raise MgpuError(errors.PERMISSION_DENIED, "permission denied: only root and operators may %s a node" % verb)
+        node = self.nodes.get(name)
+        if node is None and name not in self.drained:
+            raise MgpuError(errors.NOT_FOUND, self._no_such_node(name))
+        return node
 
     def _no_such_node(self, name):
         known = sorted(self.nodes)
