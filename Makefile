@@ -2,7 +2,9 @@
 # PyInstaller one-dir build: see build-config/launcher.sh).
 # `make` alone lists the targets.
 
-PYTHON ?= python3
+# Tests and benches run with the build venv's interpreter (pinned requirements, pytest included),
+# made from BUILD_PYTHON on first use: `make test` needs no ambient pytest.
+PYTHON ?= $(BUILD_VENV)/bin/python
 # The interpreter the build venv is made from; its libpython goes into the binary.
 BUILD_PYTHON ?= python3
 PYTEST_ARGS ?=
@@ -41,14 +43,14 @@ help:
 	@echo "  make clean       remove build/, dist/, $(BUILD_VENV) and caches"
 	@echo "variables: PYTHON=$(PYTHON) BUILD_PYTHON=$(BUILD_PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
 
-test:
+test: $(BUILD_STAMP)
 	PYTHONPATH=src $(PYTHON) -m pytest -q test $(PYTEST_ARGS)
 
-test-e2e:
+test-e2e: $(BUILD_STAMP)
 	PYTHONPATH=src $(PYTHON) -m pytest -q test/e2e $(PYTEST_ARGS)
 
 # Each script runs even when an earlier one failed; the target fails at the end if any did.
-bench:
+bench: $(BUILD_STAMP)
 	@failed=""; \
 	for script in $$(ls bench/bench_*.py | LC_ALL=C sort); do \
 		echo "== $$script"; \
