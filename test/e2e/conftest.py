@@ -11,6 +11,12 @@ import pytest
 from harness import MGPU_BIN, TEST_USERS, USER_PYTHON, Cluster, Installation, Master, ensure_users, remove_users
 
 
+# useradd, groupadd, ip live in the sbin directories, which a plain PATH (cron, env -i) lacks.
+for _sbin in ("/usr/sbin", "/sbin"):
+    if _sbin not in os.environ.get("PATH", "").split(":"):
+        os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":" + _sbin
+
+
 def _needs_root():
     if os.getuid() != 0:
         pytest.skip("needs root (creates users and runs jobs as them)")
