@@ -453,16 +453,22 @@ def record_phase(record):
 def write_record(path, record, dir_fd=None):
     """Replace the record atomically and durably: the file and its directory are fsynced."""
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        data = json.dumps(record, separators=(",", ":")).encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    data = json.dumps(record, separators=(",", ":")).encode()
+    for tries_left in (2, 1, 0):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, path)
+            break
+        except FileNotFoundError:
+            if not tries_left:  # someone else's cleanup took the file away: write it again
+                raise
     own = dir_fd is None
     if own:
         dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

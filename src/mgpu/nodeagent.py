@@ -27,6 +27,15 @@ WATCH_INTERVAL = 2.0  # seconds between liveness checks of supervisors and GPU u
 KILL_RECORD_WAIT = 5.0  # how long a killed attempt's launch may take to reach its supervisor
 
 
+def _unlink_record(path):
+    """Delete an attempt's record and any write of it a supervisor left unfinished."""
+    for name in (path, path + ".tmp"):
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
 class _Supervised:
     """One attempt this node supervises. `handle` (the launcher's proof of which processes are
     the job's) is known from the supervisor's `launched` report or its record; signals asked
@@ -222,11 +231,7 @@ class NodeAgent:
             while handle.supervisor_alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
         self._discard_cgroup(job_id, attempt)
-        for name in (path, path + ".tmp"):
-            try:
-                os.unlink(name)
-            except OSError:
-                pass
+        _unlink_record(path)
 
     def adopt_records(self):
         """At a node's start (it keeps no store): adopt every attempt that has a record in the
@@ -241,11 +246,8 @@ class NodeAgent:
             parts = name.split(".")
             if len(parts) == 3 and parts[2] == "json" and parts[0].isdigit() and parts[1].isdigit():
                 found.append((int(parts[0]), int(parts[1])))
-            elif name.endswith(".json.tmp"):
-                try:  # a supervisor's write cut short; the record it was replacing is intact
-                    os.unlink(os.path.join(self.records_dir, name))
-                except OSError:
-                    pass
+            # A NAME.json.tmp is left alone: its supervisor may be about to rename it into
+            # its record (its end). It goes with the record (_unlink_record).
         return sorted(found)
 
     def attempts(self):
@@ -275,7 +277,8 @@ class NodeAgent:
         then it is reported lost)."""
         keep = set()
         for job in jobs:
-            keep.add("%d.%d.json" % (job.id, job.attempt))
+            # Also the supervisor's next record, which it may be writing right now.
+            keep.update(("%d.%d.json" % (job.id, job.attempt), "%d.%d.json.tmp" % (job.id, job.attempt)))
             self._adopt_one(job.id, job.attempt)
         for name in os.listdir(self.records_dir):
             if name not in keep:
@@ -374,11 +377,7 @@ class NodeAgent:
 
     def _delete_records(self):
         while True:
-            path = self._obsolete_records.get()
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _unlink_record(self._obsolete_records.get())
 
     def _watch(self):
         while True:
