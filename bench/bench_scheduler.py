@@ -3,7 +3,9 @@
 Run: PYTHONPATH=src python bench/bench_scheduler.py [--runs N]
 256 nodes x 8 GPUs (80 GB each), 10,000 pending jobs of a seeded random mix (1/2/4/8 GPUs,
 a quarter sharing with --mem, a few exact GPU ids and GPU-less jobs, random priorities and
-time limits), on (a) an empty cluster and (b) one about 90% busy with running jobs.
+time limits), on (a) an empty cluster and (b) one about 90% busy with running jobs; then the
+same queue with some jobs limited to some nodes (10% with a --nodelist of 1-4 nodes, 2% with
+an --exclude of 1-2 nodes).
 """
 
 import argparse
@@ -49,6 +51,21 @@ def build_pending(rng):
     return jobs
 
 
+def limit_some(pending, rng, nodes, nodelist_share=0.10, exclude_share=0.02):
+    """The same queue with some jobs limited by --nodelist (1-4 nodes) or --exclude (1-2)."""
+    names = [node.name for node in nodes]
+    limited = []
+    for job in pending:
+        fields = job.to_dict()
+        roll = rng.random()
+        if roll < nodelist_share:
+            fields["nodelist"] = rng.sample(names, rng.randint(1, 4))
+        elif roll < nodelist_share + exclude_share:
+            fields["exclude"] = rng.sample(names, rng.randint(1, 2))
+        limited.append(Job.from_dict(fields))
+    return limited
+
+
 def build_running(rng, nodes, busy_fraction):
     """Running jobs covering about busy_fraction of the GPUs, some of them shared."""
     running = []
@@ -79,7 +96,7 @@ def build_running(rng, nodes, busy_fraction):
     return running
 
 
-def measure(label, pending, nodes, running, policy, runs):
+def measure(label, pending, nodes, running, policy, runs, queue="pending"):
     timings = []
     decided = None
     for _ in range(runs):
@@ -87,10 +104,11 @@ def measure(label, pending, nodes, running, policy, runs):
         decided = scheduler.schedule(pending, nodes, running, NOW, policy)
         timings.append((time.perf_counter() - began) * 1000.0)
     in_use = len({(job.node, index) for job in running for index in job.alloc})
-    print("scheduler pass, %d pending, %dx%d GPUs, %s, %s: median %.1f ms (best %.1f ms), "
+    print("scheduler pass, %d %s, %dx%d GPUs, %s, %s: median %.1f ms (best %.1f ms), "
           "%d started; %d running on %d GPUs"
-          % (len(pending), NODES, GPUS_PER_NODE, label, policy, statistics.median(timings),
-             min(timings), len(decided.starts), len(running), in_use))
+          % (len(pending), queue, NODES, GPUS_PER_NODE, label, policy,
+             statistics.median(timings), min(timings), len(decided.starts), len(running),
+             in_use))
 
 
 def main():
@@ -114,6 +132,11 @@ def main():
           "median %.1f ms (best %.1f ms), %d to stop"
           % (len(pending), len(busy), len(over_slice), statistics.median(timings), min(timings),
              len(victims)))
+    limited = limit_some(pending, random.Random(20240602), nodes)
+    queue = "pending (12% limited to some nodes)"
+    for policy in scheduler.POLICIES:
+        measure("empty cluster", limited, nodes, [], policy, args.runs, queue)
+        measure("~90% busy", limited, nodes, busy, policy, args.runs, queue)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """The scheduling policy: which pending jobs start now, on which GPUs, and why the others wait.
 
 Owns: queue order (priority, then submit order), GPU choice (fill_first packs, spread spreads),
-exclusive versus memory-shared GPUs, EASY backfill (one reservation for the first job that
-cannot start, later jobs start only if they cannot delay it), the reason shown for every job
-that waits, the choice of jobs to requeue for a time-slice context switch, and the check that
-a request can ever be satisfied by a cluster.
+exclusive versus memory-shared GPUs, the nodes a job may use (--nodelist, --exclude; a
+submit-only node runs nothing), EASY backfill (one reservation for the first job that cannot
+start, later jobs start only if they cannot delay it), the reason shown for every job that
+waits, the choice of jobs to requeue for a time-slice context switch, and the check that a
+request can ever be satisfied by a cluster.
 Must not: do I/O, read a clock (`now` is an argument), start threads, or change a Job. It returns
 decisions; the controller carries them out. Everything here is a function of its arguments.
 
@@ -12,8 +13,10 @@ Hot path: a pass over 10,000 pending jobs on 256 nodes must stay far below 50 ms
 buckets by how many GPUs a request could use (one index for exclusive GPUs, one per --mem size
 asked for), so a request for N GPUs looks at a handful of buckets, not at every node; and what
 cannot start is remembered for the rest of the pass (resources only shrink while a pass walks
-the queue), so most of a long queue costs one dict lookup per job. bench/bench_scheduler.py
-measures it.
+the queue), so most of a long queue costs one dict lookup per job. A job limited to some nodes
+(--nodelist, --exclude) is remembered under its limits as well; it looks only at the few nodes
+it may use, or walks the buckets skipping the few it may not, so it never scans the cluster.
+bench/bench_scheduler.py measures it.
 """
 
 from bisect import bisect_left, insort
@@ -26,6 +29,7 @@ SPREAD = "spread"
 POLICIES = (FILL_FIRST, SPREAD)
 
 NO_NODE_UP = "Resources: no node is up"
+NO_ALLOWED_NODE_UP = "Resources: none of the nodes it may use is up"
 
 _INFINITY = float("inf")
 _NO_PHANTOM = frozenset()
@@ -256,14 +260,74 @@ class _ByUsable:
                     return buckets[usable][0]
         return buckets[most][0]
 
+    def find_among(self, count, fill_first, allowed):
+        """Like find, for a job that may use only the node positions in `allowed`.
+
+        Meant for jobs that may use most nodes (an --exclude of a few): the walk stops at the
+        first bucket entry it may use, so it skips no more than the nodes it may not use.
+        """
+        most = self.most
+        if count > most:
+            return None
+        buckets = self.buckets
+        for usable in range(count, most + 1) if fill_first else range(most, count - 1, -1):
+            for pos in buckets[usable]:
+                if pos in allowed:
+                    return pos
+        return None
+
 
 # Beyond this many distinct --mem sizes in one pass, further sizes scan the nodes instead of
 # keeping an index each (every grant updates every index).
 _MAX_MEM_INDEXES = 24
 
+# A job that may use at most this many nodes looks at each of them; one that may use more walks
+# the cluster's buckets and skips the nodes it may not use.
+_FEW_ALLOWED = 8
+
+
+class _Allowed:
+    """The up nodes one job limited by --nodelist or --exclude may use in this pass.
+
+    `pos in allowed` says whether it may use the node at that position. Kept as the positions
+    listed (a nodelist: few) or as those barred (an --exclude alone: the rest of the cluster),
+    so neither costs a walk of every node. nodes: the nodes themselves in list order (the
+    tie-breaker), listed only when first asked for.
+    """
+
+    __slots__ = ("size", "listed", "barred", "_cluster_nodes", "_nodes")
+
+    def __init__(self, cluster_nodes, listed=None, barred=frozenset()):
+        self.listed = listed
+        self.barred = barred
+        self.size = len(listed) if listed is not None else len(cluster_nodes) - len(barred)
+        self._cluster_nodes = cluster_nodes
+        self._nodes = None
+
+    def __contains__(self, pos):
+        listed = self.listed
+        return pos in listed if listed is not None else pos not in self.barred
+
+    @property
+    def nodes(self):
+        if self._nodes is None:
+            self._nodes = tuple(self.each())
+        return self._nodes
+
+    def each(self):
+        """The nodes in list order, one by one, for a search that may stop at the first."""
+        if self._nodes is not None:
+            return iter(self._nodes)
+        cluster_nodes = self._cluster_nodes
+        if self.listed is not None:
+            return (cluster_nodes[pos] for pos in sorted(self.listed))
+        barred = self.barred
+        return (n for n in cluster_nodes if n.pos not in barred)
+
 
 class _Cluster:
-    """The up nodes with every running job counted, plus indexes for a fast node search."""
+    """The up nodes that run jobs, with every running job counted, plus indexes for a fast
+    node search. Submit-only nodes are left out: they never run a job."""
 
     def __init__(self, nodes, running, policy):
         self.policy = policy
@@ -271,7 +335,7 @@ class _Cluster:
         self.nodes = []
         by_name = {}
         for node in nodes:
-            if node.state == NodeState.UP and node.name not in by_name:
+            if node.state == NodeState.UP and not node.submit_only and node.name not in by_name:
                 node_gpus = _NodeGpus(node.name, len(self.nodes), node.gpus)
                 self.nodes.append(node_gpus)
                 by_name[node.name] = node_gpus
@@ -301,6 +365,7 @@ class _Cluster:
         self.first_usable = {}  # (GPU index, mem_mb) -> first node position worth a look
         self._ever_fits = {}
         self._best_cap_mb = None
+        self._allowed = {}  # (nodelist, exclude) -> _Allowed
 
     @property
     def most_free(self):
@@ -356,12 +421,13 @@ class _Cluster:
                     fail[k] = mem_mb
         return best
 
-    def _find_ids(self, gpu_ids, mem_mb):
-        """The first node in list order on which all these GPUs are usable, or None."""
+    def _find_ids(self, gpu_ids, mem_mb, start=0):
+        """The first node in list order (from position start) on which all these GPUs are
+        usable, or None."""
         nodes = self.nodes
         first_usable = self._first_usable
         wanted = len(gpu_ids)
-        pos = 0
+        pos = start
         agreeing = 0  # how many GPUs in a row were found usable at pos
         turn = 0
         # Move to the first node where the next GPU is usable, until all agree on one node.
@@ -400,12 +466,82 @@ class _Cluster:
             self.first_usable[request] = at
         return at
 
-    def node_without_gpus(self):
-        """Where a job that needs no GPU goes: the first node, or the one with most free GPUs."""
+    def node_without_gpus(self, allowed=None):
+        """Where a job that needs no GPU goes: the first node, or the one with most free GPUs
+        (ties by list order); among the nodes it may use when it is limited to some."""
+        if allowed is not None:
+            if self.fill_first:
+                return next(allowed.each())
+            return max(allowed.each(), key=attrgetter("free_count"))
         if self.fill_first:
             return self.nodes[0]
         index = self.exclusive_index
         return self.nodes[index.buckets[index.most][0]]
+
+    # -- jobs limited to some nodes -----------------------------------------------------------
+
+    def allowed(self, nodelist, exclude):
+        """The up nodes a job limited to `nodelist` (None: any) and not `exclude` may use."""
+        key = (nodelist, exclude)
+        known = self._allowed.get(key)
+        if known is None:
+            by_name = self.by_name
+            if nodelist is None:
+                barred = frozenset(by_name[name].pos for name in exclude if name in by_name)
+                known = _Allowed(self.nodes, barred=barred)
+            else:
+                excluded = exclude or ()
+                listed = frozenset(by_name[name].pos for name in nodelist
+                                   if name in by_name and name not in excluded)
+                known = _Allowed(self.nodes, listed=listed)
+            self._allowed[key] = known
+        return known
+
+    def find_allowed(self, allowed, count, gpu_ids, mem_mb):
+        """The node a request gets now among the nodes it may use, under the policy, or None.
+
+        The same choice find makes, restricted: best fit (fill_first) or most usable GPUs
+        (spread), ties by list order; exact GPU ids take the first node where they are usable.
+        """
+        if allowed.size <= _FEW_ALLOWED:
+            return self._scan_allowed(allowed.nodes, count, gpu_ids, mem_mb)
+        if gpu_ids is not None:
+            start = 0
+            while True:
+                node_gpus = self._find_ids(gpu_ids, mem_mb, start)
+                if node_gpus is None or node_gpus.pos in allowed:
+                    return node_gpus
+                start = node_gpus.pos + 1
+        if mem_mb is None:
+            index = self.exclusive_index
+        else:
+            index = self.indexes.get(mem_mb)
+            if index is None:
+                if len(self.indexes) >= _MAX_MEM_INDEXES:
+                    return self._scan_allowed(allowed.nodes, count, gpu_ids, mem_mb)
+                index = self.indexes[mem_mb] = _ByUsable(mem_mb, self.nodes, self.max_gpus,
+                                                         len(self.granted))
+            elif index.synced < len(self.granted):
+                self._sync(index)
+        pos = index.find_among(count, self.fill_first, allowed)
+        return None if pos is None else self.nodes[pos]
+
+    def _scan_allowed(self, nodes, count, gpu_ids, mem_mb):
+        """find_allowed's choice made by looking at each of these nodes (a few)."""
+        best = None
+        best_usable = 0
+        fill_first = self.fill_first
+        for node_gpus in nodes:
+            if gpu_ids is not None:
+                if node_gpus.pick(count, gpu_ids, mem_mb, self.policy) is not None:
+                    return node_gpus
+                continue
+            usable = node_gpus.usable(mem_mb)
+            if usable < count:
+                continue
+            if best is None or (usable < best_usable if fill_first else usable > best_usable):
+                best, best_usable = node_gpus, usable
+        return best
 
     def grant(self, node_gpus, slots, mem_mb):
         node_gpus.hold(slots, mem_mb)
@@ -442,13 +578,18 @@ class _Cluster:
 
     # -- could it ever fit --------------------------------------------------------------------
 
-    def ever_fits(self, count, gpu_ids, mem_mb):
-        """Whether the request fits some up node once every mgpu job there has ended."""
+    def ever_fits(self, count, gpu_ids, mem_mb, allowed=None):
+        """Whether the request fits some up node (one it may use, when it is limited to some)
+        once every mgpu job there has ended."""
         key = (count, gpu_ids, mem_mb)
         known = self._ever_fits.get(key)
         if known is None:
             known = self._ever_fits[key] = self._ever_fits_uncached(count, gpu_ids, mem_mb)
-        return known
+        if allowed is None or not known:
+            return known
+        if gpu_ids is not None:
+            return self._node_with_ids(gpu_ids, mem_mb, allowed.each()) is not None
+        return any(_fits_when_empty(node_gpus, count, mem_mb) for node_gpus in allowed.each())
 
     def _ever_fits_uncached(self, count, gpu_ids, mem_mb):
         if not self.nodes:
@@ -468,12 +609,13 @@ class _Cluster:
                         best[k] = cap
         return self._best_cap_mb[count] >= mem_mb
 
-    def _node_with_ids(self, gpu_ids, mem_mb):
-        """The first up node that has all these GPUs, each with capacity for mem_mb."""
+    def _node_with_ids(self, gpu_ids, mem_mb, nodes=None):
+        """The first up node (of `nodes`, default all) that has all these GPUs, each with
+        capacity for mem_mb."""
         want = 0
         for index in gpu_ids:
             want |= 1 << index
-        for node_gpus in self.nodes:
+        for node_gpus in self.nodes if nodes is None else nodes:
             if node_gpus.all_mask & want != want:
                 continue
             if mem_mb is None or all(node_gpus.cap_mb[node_gpus.slot_of[i]] >= mem_mb
@@ -481,32 +623,42 @@ class _Cluster:
                 return node_gpus
         return None
 
-    def unfit_reason(self, count, gpu_ids, mem_mb):
-        """Why a request cannot run on the up nodes even when they are empty."""
-        if not self.nodes:
-            return NO_NODE_UP
+    def unfit_reason(self, count, gpu_ids, mem_mb, allowed=None):
+        """Why a request cannot run on the up nodes (those it may use, when it is limited to
+        some) even when they are empty."""
+        if allowed is None:
+            if not self.nodes:
+                return NO_NODE_UP
+            where, nodes, largest = "no node that is up", None, self.max_gpus
+        else:
+            if not allowed.size:
+                return NO_ALLOWED_NODE_UP
+            nodes = allowed.nodes
+            where, largest = "no node it may use", max(len(n.indices) for n in nodes)
         if gpu_ids is not None:
             wanted = _gpu_word(gpu_ids)
-            if mem_mb is not None and self._node_with_ids(gpu_ids, None) is not None:
-                return "Resources: no node that is up has %s with %d MB free%s" % (
-                    wanted, mem_mb, " each" if len(gpu_ids) > 1 else "")
-            return "Resources: no node that is up has %s" % wanted
-        if count > self.max_gpus or mem_mb is None:
-            return "Resources: no node that is up has %s" % _count_word(count)
-        return "Resources: no node that is up has %s with %d MB free%s" % (
-            _count_word(count), mem_mb, " each" if count > 1 else "")
+            if mem_mb is not None and self._node_with_ids(gpu_ids, None, nodes) is not None:
+                return "Resources: %s has %s with %d MB free%s" % (
+                    where, wanted, mem_mb, " each" if len(gpu_ids) > 1 else "")
+            return "Resources: %s has %s" % (where, wanted)
+        if count > largest or mem_mb is None:
+            return "Resources: %s has %s" % (where, _count_word(count))
+        return "Resources: %s has %s with %d MB free%s" % (
+            where, _count_word(count), mem_mb, " each" if count > 1 else "")
 
     # -- the backfill reservation -------------------------------------------------------------
 
-    def reserve(self, count, gpu_ids, mem_mb, now):
+    def reserve(self, count, gpu_ids, mem_mb, now, allowed=None):
         """When and where the head job would start as running jobs end: (shadow, node, slots).
 
         Running jobs end at their end estimate; those without a time limit end "never", one
         after another in start order, so the head still gets a place (with shadow = inf) and
-        keeps it from being taken by jobs that would never give it back.
+        keeps it from being taken by jobs that would never give it back. A head limited to
+        some nodes looks only at what ends on those.
         """
         releases = sorted((_release_key(end, start, seq), pos, slots, job_mem)
-                          for seq, (end, start, pos, slots, job_mem) in enumerate(self.releases))
+                          for seq, (end, start, pos, slots, job_mem) in enumerate(self.releases)
+                          if allowed is None or pos in allowed)
         twins = {}
         at = 0
         while at < len(releases):
@@ -539,6 +691,15 @@ class _Cluster:
                 shadow = max(key[1], now) if key[0] == 0 else _INFINITY
                 return shadow, self.nodes[best[0].pos], best[1]
         return None
+
+
+def _fits_when_empty(node_gpus, count, mem_mb):
+    """Whether a request for `count` GPUs (mem_mb each, None: exclusive) fits this node empty."""
+    if len(node_gpus.indices) < count:
+        return False
+    if mem_mb is None or count == 0:
+        return True
+    return sorted(node_gpus.cap_mb, reverse=True)[count - 1] >= mem_mb
 
 
 def _release_key(end, start, seq):
@@ -577,9 +738,11 @@ def _index_ranges(indices):
     return ",".join(parts)
 
 
-def _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now):
+def _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now, allowed=None):
     """What the head job waits for; built once per pass, so it may look at every node."""
-    if gpu_ids is not None:
+    if allowed is not None:
+        reason = _restricted_head_reason(cluster, count, gpu_ids, mem_mb, allowed)
+    elif gpu_ids is not None:
         node_gpus = cluster._node_with_ids(gpu_ids, mem_mb)
         busy = [i for i in gpu_ids if not node_gpus.slot_usable(node_gpus.slot_of[i], mem_mb)]
         if mem_mb is not None:
@@ -604,6 +767,31 @@ def _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now):
     if shadow is not None and shadow != _INFINITY:
         reason += "; expected within %s" % format_duration(shadow - now)
     return reason
+
+
+def _restricted_head_reason(cluster, count, gpu_ids, mem_mb, allowed):
+    """What a head limited to some nodes waits for, said of those nodes only."""
+    nodes = allowed.nodes
+    single = nodes[0].name if len(nodes) == 1 else None
+    where = " on node %s" % single if single else " on one of the nodes it may use"
+    if gpu_ids is not None:
+        node_gpus = cluster._node_with_ids(gpu_ids, mem_mb, nodes)
+        busy = [i for i in gpu_ids if not node_gpus.slot_usable(node_gpus.slot_of[i], mem_mb)]
+        if mem_mb is not None:
+            wanted = "%s with %d MB free%s" % (_gpu_word(gpu_ids), mem_mb,
+                                               " each" if len(gpu_ids) > 1 else "")
+        else:
+            wanted = _gpu_word(gpu_ids)
+        if len(gpu_ids) == 1:
+            return "Resources: needs %s%s (busy)" % (wanted, where)
+        return "Resources: needs %s%s (%s busy)" % (wanted, where, ",".join(map(str, busy)))
+    if mem_mb is None:
+        free = max(node_gpus.free_count for node_gpus in nodes)
+        if single:
+            return "Resources: needs %s%s, %d free" % (_count_word(count), where, free)
+        return "Resources: needs %s%s, at most %d free there" % (_count_word(count), where, free)
+    return "Resources: needs %s with %d MB free%s%s" % (
+        _count_word(count), mem_mb, " each" if count > 1 else "", where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,12 +837,17 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
     phantom = _NO_PHANTOM  # its slots there
     # Requests that cannot start for the rest of the pass (resources only shrink while it
     # walks the queue) -> their reason: most of a long queue is settled by one lookup here.
+    # A request limited to some nodes is its own key: 1 GPU on node a is not 1 GPU anywhere.
     settled = {}
     # Requests that cannot start without the reserved GPUs: only short jobs try those.
     need_reserved = set()
 
     for job in jobs:
-        request = (job.gpus, job.gpu_ids, job.mem_mb)
+        restricted = job.nodelist is not None or job.exclude is not None
+        if restricted:
+            request = (job.gpus, job.gpu_ids, job.mem_mb, job.nodelist, job.exclude)
+        else:
+            request = (job.gpus, job.gpu_ids, job.mem_mb)
         reason = settled.get(request)
         if reason is not None:
             waiting[job.id] = reason
@@ -669,13 +862,21 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
         gpu_ids = job.gpu_ids or None
         count = len(gpu_ids) if gpu_ids else (job.gpus or 0)
         mem_mb = job.mem_mb
+        allowed = None
+        if restricted:
+            allowed = cluster.allowed(job.nodelist, job.exclude)
+            if not allowed.size:
+                waiting[job.id] = settled[request] = NO_ALLOWED_NODE_UP
+                continue
         if count == 0:
-            node_gpus = cluster.node_without_gpus()
+            node_gpus = cluster.node_without_gpus(allowed)
             starts.append((job, Allocation(node_gpus.name, (), mem_mb)))
             continue
         node_gpus = None
         if request not in need_reserved:
-            if gpu_ids is None and mem_mb is None:
+            if allowed is not None:
+                node_gpus = cluster.find_allowed(allowed, count, gpu_ids, mem_mb)
+            elif gpu_ids is None and mem_mb is None:
                 pos = exclusive_index.find(count, fill_first)
                 if pos is not None:
                     node_gpus = all_nodes[pos]
@@ -683,12 +884,13 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
                 node_gpus = cluster.find(count, gpu_ids, mem_mb)
             if node_gpus is not None:
                 slots = node_gpus.pick(count, gpu_ids, mem_mb, policy)
-            elif not cluster.ever_fits(count, gpu_ids, mem_mb):
-                waiting[job.id] = settled[request] = cluster.unfit_reason(count, gpu_ids, mem_mb)
+            elif not cluster.ever_fits(count, gpu_ids, mem_mb, allowed):
+                waiting[job.id] = settled[request] = cluster.unfit_reason(count, gpu_ids, mem_mb,
+                                                                          allowed)
                 continue
             elif head is None:
                 head = job
-                reservation = cluster.reserve(count, gpu_ids, mem_mb, now)
+                reservation = cluster.reserve(count, gpu_ids, mem_mb, now, allowed)
                 if reservation is not None:
                     shadow, reserved_node, slots = reservation
                     phantom = frozenset(slots)
@@ -698,7 +900,8 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
                     shadow = _INFINITY
                 decided.head = job.id
                 decided.shadow_time = shadow
-                waiting[job.id] = _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now)
+                waiting[job.id] = _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now,
+                                               allowed)
                 behind = "Priority: behind job %s" % job.id
                 if reserved_node is not None:
                     # A phantom exclusive holder keeps every later job off the head's GPUs.
@@ -706,7 +909,8 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
                 else:
                     settled[request] = behind
                 continue
-            elif reserved_node is None:
+            elif reserved_node is None or (allowed is not None
+                                           and reserved_node.pos not in allowed):
                 waiting[job.id] = settled[request] = behind
                 continue
             else:
@@ -742,7 +946,8 @@ def time_slice_victims(pending, nodes, running, over_slice, now):
     The first pending job (queue order) that does not fit now but would fit once every
     over-slice job let go of its GPUs decides: on the node where the fewest over-slice jobs
     must stop for it (ties by list order), the longest-running ones are chosen first, and any
-    that turn out not to be needed are spared. [] when no waiting job would gain.
+    that turn out not to be needed are spared. A job limited to some nodes gains only from
+    jobs stopped on those. [] when no waiting job would gain.
     """
     running = list(running)
     known = {job.id for job in running}
@@ -768,16 +973,29 @@ def time_slice_victims(pending, nodes, running, over_slice, now):
     tried = set()
     for job in _queue_order(pending):
         request = _request_of(job)
-        if request in tried:
+        limited = job.nodelist is not None or job.exclude is not None
+        key = request + (job.nodelist, job.exclude) if limited else request
+        if key in tried:
             continue
-        tried.add(request)
+        tried.add(key)
         count, gpu_ids, mem_mb = request
-        if count == 0 or cluster.find(count, gpu_ids, mem_mb) is not None:
+        if count == 0:
             continue
-        if not cluster.ever_fits(count, gpu_ids, mem_mb):
+        if not limited:
+            allowed = None
+            if cluster.find(count, gpu_ids, mem_mb) is not None:
+                continue
+        else:
+            allowed = cluster.allowed(job.nodelist, job.exclude)
+            if (not allowed.size
+                    or cluster.find_allowed(allowed, count, gpu_ids, mem_mb) is not None):
+                continue
+        if not cluster.ever_fits(count, gpu_ids, mem_mb, allowed):
             continue
         best = None
         for pos in sorted(victims_on):
+            if allowed is not None and pos not in allowed:
+                continue
             chosen = _victims_on_node(cluster.nodes[pos], victims_on[pos], count, gpu_ids, mem_mb)
             if chosen is not None and (best is None or len(chosen) < len(best)):
                 best = chosen
@@ -818,24 +1036,84 @@ def _victims_on_node(node_gpus, candidates, count, gpu_ids, mem_mb):
 def unsatisfiable_reason(request, nodes):
     """None if some node (in any state) could run the request when empty, else one line why.
 
-    Judged on total GPU memory: memory used outside mgpu comes and goes.
+    Judged on total GPU memory: memory used outside mgpu comes and goes. Submit-only nodes run
+    no job, so they count for nothing. A request limited by --nodelist or --exclude is judged
+    on the nodes it may use; a name that is not among `nodes` is simply not there (the
+    controller refuses unknown names before asking).
     """
     gpu_ids = tuple(request.gpu_ids) if request.gpu_ids else None
     count = len(gpu_ids) if gpu_ids else (request.gpus or 0)
     mem_mb = request.mem_mb
-    if count == 0:
-        return None
-    nodes = list(nodes)
+    if request.nodelist is None and request.exclude is None:
+        if count == 0:
+            return None
+        runnable = [node for node in nodes if not node.submit_only]
+        return _unsatisfiable_on(runnable, count, gpu_ids, mem_mb, limited=False)
+    allowed, refusal = _nodes_allowed(list(nodes), request.nodelist, request.exclude)
+    if refusal is not None or count == 0:
+        return refusal
+    return _unsatisfiable_on(allowed, count, gpu_ids, mem_mb, limited=True)
+
+
+# Up to this many node names appear in a message; beyond, it speaks of "the nodes it may use".
+_FEW_NAMED = 4
+
+
+def _nodes_allowed(nodes, nodelist, exclude):
+    """(the nodes that run jobs a limited request may use, None) or ([], one line why none)."""
+    excluded = frozenset(exclude or ())
+    if nodelist is None:
+        allowed = [n for n in nodes if not n.submit_only and n.name not in excluded]
+        return allowed, None if allowed else "--exclude leaves no node to run on"
+    listed = frozenset(nodelist)
+    named = [n for n in nodes if n.name in listed and n.name not in excluded]
+    if not named:
+        if exclude is not None:
+            return [], "--nodelist and --exclude leave no node to run on"
+        return [], "--nodelist names no node of this cluster"
+    allowed = [n for n in named if not n.submit_only]
+    if allowed:
+        return allowed, None
+    if len(named) == 1:
+        return [], "node %s is submit-only: it runs no jobs" % named[0].name
+    return [], "nodes %s are submit-only: they run no jobs" % _names(named)
+
+
+def _names(nodes):
+    """`a, b, c` or, for many, `a, b, c, d and 12 more`."""
+    names = [node.name for node in nodes]
+    if len(names) <= _FEW_NAMED:
+        return ", ".join(names)
+    return "%s and %d more" % (", ".join(names[:_FEW_NAMED]), len(names) - _FEW_NAMED)
+
+
+def _unsatisfiable_on(nodes, count, gpu_ids, mem_mb, limited):
+    """Why no node of `nodes` could run the request when empty, or None.
+
+    limited: `nodes` are those a request limited by --nodelist or --exclude may use (not the
+    whole cluster), and the messages speak of them, by name when they are few.
+    """
+    which = those = ""
+    if limited:
+        which = " it may use" + (" (%s)" % _names(nodes) if len(nodes) <= _FEW_NAMED else "")
+        those = "node %s" % nodes[0].name if len(nodes) == 1 else "the nodes" + which
+    no_node = "no node" + which
     if not any(node.gpus for node in nodes):
-        return "asks for %s; this cluster has no GPUs" % _count_word(count)
+        if not limited:
+            return "asks for %s; this cluster has no GPUs" % _count_word(count)
+        return "asks for %s; %s has GPUs" % (_count_word(count), no_node)
     if gpu_ids is not None:
         present = set()
         for node in nodes:
             present.update(gpu.index for gpu in node.gpus)
         missing = [i for i in gpu_ids if i not in present]
         if missing:
-            return "%s %s not exist (this cluster has GPUs %s)" % (
-                _gpu_word(missing), "does" if len(missing) == 1 else "do",
+            if not limited:
+                return "%s %s not exist (this cluster has GPUs %s)" % (
+                    _gpu_word(missing), "does" if len(missing) == 1 else "do",
+                    _index_ranges(present))
+            return "asks for %s; %s %s GPUs %s" % (
+                _gpu_word(gpu_ids), those, "has" if len(nodes) == 1 else "have",
                 _index_ranges(present))
         holders = []
         for node in nodes:
@@ -843,22 +1121,35 @@ def unsatisfiable_reason(request, nodes):
             if all(i in by_index for i in gpu_ids):
                 holders.append([by_index[i] for i in gpu_ids])
         if not holders:
-            return "%s are not all on one node" % _gpu_word(gpu_ids)
+            return "%s are not all on one node%s" % (_gpu_word(gpu_ids), which)
         if mem_mb is None or any(all(g.memory_mb >= mem_mb for g in gpus) for gpus in holders):
             return None
         largest = max(min(g.memory_mb for g in gpus) for gpus in holders)
-        return "asks for %d MB per GPU on %s; no node has that much on %s (at most %d MB)" % (
-            mem_mb, _gpu_word(gpu_ids), "it" if count == 1 else "each of them", largest)
+        return "asks for %d MB per GPU on %s; %s has that much on %s (at most %d MB)" % (
+            mem_mb, _gpu_word(gpu_ids), no_node, "it" if count == 1 else "each of them",
+            largest)
     largest_node = max(len(node.gpus) for node in nodes)
     if count > largest_node:
-        return "asks for %d GPUs; the largest node has %d" % (count, largest_node)
+        if not limited:
+            return "asks for %d GPUs; the largest node has %d" % (count, largest_node)
+        return "asks for %d GPUs; %s" % (count, _largest_allowed(nodes, largest_node))
     if mem_mb is None:
         return None
     largest_gpu = max(gpu.memory_mb for node in nodes for gpu in node.gpus)
     if mem_mb > largest_gpu:
-        return "asks for %d MB per GPU; the largest GPU has %d MB" % (mem_mb, largest_gpu)
+        return "asks for %d MB per GPU; the largest GPU%s has %d MB" % (
+            mem_mb, " on " + those if limited else "", largest_gpu)
     most_big = max(sum(1 for gpu in node.gpus if gpu.memory_mb >= mem_mb) for node in nodes)
     if count > most_big:
-        return "asks for %d GPUs with %d MB each; no node has more than %d such GPU%s" % (
-            count, mem_mb, most_big, "" if most_big == 1 else "s")
+        return "asks for %d GPUs with %d MB each; %s has more than %d such GPU%s" % (
+            count, mem_mb, no_node, most_big, "" if most_big == 1 else "s")
     return None
+
+
+def _largest_allowed(nodes, size):
+    """`the largest node it may use (a) has 4`, naming the largest when they are few."""
+    largest = [node for node in nodes if len(node.gpus) == size]
+    named = " (%s)" % _names(largest) if len(largest) <= _FEW_NAMED else ""
+    if len(largest) == 1:
+        return "the largest node it may use%s has %d" % (named, size)
+    return "the largest nodes it may use%s have %d" % (named, size)

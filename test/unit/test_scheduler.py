@@ -549,3 +549,376 @@ def test_importing_the_scheduler_pulls_in_no_io_module_indirectly():
                             env={"PYTHONPATH": src}, check=True, timeout=60)
     loaded = {name.split(".")[0] for name in result.stdout.split()}
     assert not loaded & FORBIDDEN_IMPORTS, loaded & FORBIDDEN_IMPORTS
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs limited to some nodes (--nodelist, --exclude) and submit-only nodes
+
+
+def limited(job_id, nodelist=None, exclude=None, **request):
+    """A pending job that may run only on `nodelist` (None: any) and never on `exclude`."""
+    job = pending(job_id, **request)
+    job.nodelist = tuple(nodelist) if nodelist else None
+    job.exclude = tuple(exclude) if exclude else None
+    return job
+
+
+def submit_only(name, gpus=8, state=NodeState.UP):
+    relay = node(name, gpus, state=state)
+    relay.submit_only = True
+    return relay
+
+
+def three_nodes_partly_busy():
+    """a, b, c with 4 GPUs each: a all free, b 1 free (GPU 3), c 2 free (GPUs 2, 3)."""
+    nodes = [node("a"), node("b"), node("c")]
+    busy = [running(100, "b", (0, 1, 2)), running(101, "c", (0, 1))]
+    return nodes, busy
+
+
+def test_nodelist_fill_first_takes_the_tightest_node_it_may_use():
+    nodes, busy = three_nodes_partly_busy()
+    decided = schedule([limited(1, nodelist=("a", "c"))], nodes, busy, NOW)
+    assert started(decided) == {1: Allocation("c", (2,))}  # b would fit tighter: not allowed
+
+
+def test_nodelist_spread_takes_the_node_it_may_use_with_most_free_gpus():
+    nodes, busy = three_nodes_partly_busy()
+    decided = schedule([limited(1, nodelist=("b", "c"))], nodes, busy, NOW, SPREAD)
+    assert started(decided) == {1: Allocation("c", (2,))}  # a has most free: not allowed
+
+
+def test_nodelist_order_does_not_matter_ties_go_by_node_list_order():
+    nodes = [node("a"), node("b"), node("c")]
+    for policy in scheduler.POLICIES:
+        decided = schedule([limited(1, nodelist=("c", "b"))], nodes, [], NOW, policy)
+        assert started(decided) == {1: Allocation("b", (0,))}
+
+
+def test_exclude_keeps_a_job_off_those_nodes():
+    nodes, busy = three_nodes_partly_busy()
+    decided = schedule([limited(1, exclude=("b",))], nodes, busy, NOW)
+    assert started(decided) == {1: Allocation("c", (2,))}
+    decided = schedule([limited(1, exclude=("c",))], nodes, busy, NOW, SPREAD)
+    assert started(decided) == {1: Allocation("a", (0,))}
+
+
+def test_nodelist_and_exclude_leave_the_difference():
+    nodes, busy = three_nodes_partly_busy()
+    decided = schedule([limited(1, nodelist=("a", "b", "c"), exclude=("b",))], nodes, busy, NOW)
+    assert started(decided) == {1: Allocation("c", (2,))}
+
+
+def test_many_allowed_nodes_choose_like_an_unlimited_job():
+    # More nodes than a limited job scans one by one: it walks the shared buckets instead.
+    nodes = [node("n%d" % i, 4) for i in range(12)]
+    busy = [running(100 + i, "n%d" % i, tuple(range(i % 4))) for i in range(12)]
+    decided = schedule([limited(1, gpus=2, exclude=("n2",)), limited(2, gpus=2, exclude=("n2",))],
+                       nodes, busy, NOW)
+    assert started(decided) == {1: Allocation("n6", (2, 3)), 2: Allocation("n10", (2, 3))}
+    decided = schedule([limited(1, gpus=2, exclude=("n0",), mem_mb=1000)], nodes, busy, NOW,
+                       SPREAD)
+    assert started(decided) == {1: Allocation("n4", (0, 1), 1000)}
+    decided = schedule([limited(1, gpu_ids=(3,), exclude=("n0", "n1"))], nodes, busy, NOW)
+    assert started(decided) == {1: Allocation("n2", (3,))}
+
+
+def test_gpu_ids_with_a_one_node_nodelist_are_those_gpus_on_that_node():
+    nodes = [node("a"), node("b")]
+    decided = schedule([limited(1, nodelist=("b",), gpu_ids=(3, 1))], nodes, [], NOW)
+    assert started(decided) == {1: Allocation("b", (1, 3))}
+    busy = [running(100, "b", (3,), time_limit=ends_in(300))]
+    decided = schedule([limited(1, nodelist=("b",), gpu_ids=(1, 3))], nodes, busy, NOW)
+    assert decided.waiting[1] == \
+        "Resources: needs GPUs 1,3 on node b (3 busy); expected within 5:00"
+    assert decided.reserved == {("b", 1), ("b", 3)}
+    decided = schedule([limited(1, nodelist=("b",), gpu_ids=(3,), mem_mb=1000)], nodes, busy, NOW)
+    assert decided.waiting[1] == \
+        "Resources: needs GPU 3 with 1000 MB free on node b (busy); expected within 5:00"
+
+
+def test_job_without_gpus_goes_to_a_node_it_may_use():
+    nodes = [node("a", 2), node("b", 4), node("c", 4)]
+    busy = [running(100, "b", (0,))]
+    decided = schedule([limited(1, gpus=0, nodelist=("c", "b"))], nodes, busy, NOW)
+    assert started(decided) == {1: Allocation("b", ())}
+    decided = schedule([limited(1, gpus=0, nodelist=("a", "b"))], nodes, busy, NOW, SPREAD)
+    assert started(decided) == {1: Allocation("b", ())}
+    decided = schedule([limited(1, gpus=0, exclude=("a",), mem_mb=10)], nodes, busy, NOW, SPREAD)
+    assert started(decided) == {1: Allocation("c", (), 10)}
+
+
+def test_submit_only_nodes_never_get_a_job():
+    nodes = [submit_only("relay", 8), node("a", 2)]
+    jobs = [pending(1, gpus=0), pending(2, gpus=4), pending(3),
+            limited(4, gpus=0, nodelist=("relay",))]
+    for policy in scheduler.POLICIES:
+        decided = schedule(jobs, nodes, [], NOW, policy)
+        assert started(decided) == {1: Allocation("a", ()), 3: Allocation("a", (0,))}
+        assert decided.waiting[2] == "Resources: no node that is up has 4 GPUs"
+        assert decided.waiting[4] == scheduler.NO_ALLOWED_NODE_UP
+    decided = schedule([pending(1, gpus=0)], [submit_only("relay")], [], NOW)
+    assert decided.starts == [] and decided.waiting == {1: scheduler.NO_NODE_UP}
+
+
+def test_no_allowed_node_up():
+    nodes = [node("a"), node("b", state=NodeState.DOWN), node("c", state=NodeState.DRAINED)]
+    jobs = [limited(1, nodelist=("b", "c")), limited(2, gpus=0, nodelist=("b",)),
+            limited(3, exclude=("a",)), limited(4, nodelist=("a",), exclude=("a",)),
+            limited(5, nodelist=("gone",)), pending(6)]
+    decided = schedule(jobs, nodes, [], NOW)
+    assert scheduler.NO_ALLOWED_NODE_UP == "Resources: none of the nodes it may use is up"
+    assert {i: decided.waiting[i] for i in range(1, 6)} == \
+        {i: scheduler.NO_ALLOWED_NODE_UP for i in range(1, 6)}
+    assert started(decided) == {6: Allocation("a", (0,))}
+    assert decided.head is None
+
+
+def test_limited_job_that_can_never_fit_its_nodes_says_so_and_does_not_block():
+    nodes = [node("a", 4), node("b", 8, memory_mb=40960)]
+    jobs = [limited(1, nodelist=("a",), gpus=8, priority=9),
+            limited(2, nodelist=("b",), mem_mb=50000, priority=9),
+            limited(3, exclude=("a",), gpus=2, mem_mb=50000, priority=9),
+            limited(4, nodelist=("a",), gpu_ids=(5,), priority=9),
+            limited(5, nodelist=("a",), gpu_ids=(1, 2), mem_mb=GB80 + 1, priority=9),
+            pending(6, gpus=8)]
+    decided = schedule(jobs, nodes, [], NOW)
+    assert decided.waiting[1] == "Resources: no node it may use has 8 GPUs"
+    assert decided.waiting[2] == "Resources: no node it may use has 1 GPU with 50000 MB free"
+    assert decided.waiting[3] == \
+        "Resources: no node it may use has 2 GPUs with 50000 MB free each"
+    assert decided.waiting[4] == "Resources: no node it may use has GPU 5"
+    assert decided.waiting[5] == \
+        "Resources: no node it may use has GPUs 1,2 with 81921 MB free each"
+    assert started(decided) == {6: Allocation("b", tuple(range(8)))}
+    assert decided.head is None
+
+
+def test_limited_head_reasons_speak_of_the_nodes_it_may_use():
+    nodes = [node("a", 4), node("b", 4), node("c", 4)]
+    busy = [running(100, "a", (0, 1, 2), time_limit=ends_in(100)),
+            running(101, "b", (0, 1, 2, 3), time_limit=ends_in(200))]
+    decided = schedule([limited(1, nodelist=("a",), gpus=2)], nodes, busy, NOW)
+    assert decided.waiting[1] == "Resources: needs 2 GPUs on node a, 1 free; expected within 1:40"
+    decided = schedule([limited(1, exclude=("c",), gpus=2)], nodes, busy, NOW)
+    assert decided.waiting[1] == ("Resources: needs 2 GPUs on one of the nodes it may use, "
+                                  "at most 1 free there; expected within 1:40")
+    busy = [running(100, "a", (0, 1, 2, 3), mem_mb=70000)]
+    decided = schedule([limited(1, nodelist=("a",), gpus=2, mem_mb=20000)], nodes, busy, NOW)
+    assert decided.waiting[1] == "Resources: needs 2 GPUs with 20000 MB free each on node a"
+    decided = schedule([limited(1, nodelist=("a", "b"), mem_mb=20000)],
+                       nodes, busy + [running(102, "b", (0, 1, 2, 3))], NOW)
+    assert decided.waiting[1] == \
+        "Resources: needs 1 GPU with 20000 MB free on one of the nodes it may use"
+
+
+def test_limited_head_reserves_on_its_nodes_and_others_backfill_around_it():
+    nodes = [node("a", 4), node("b", 4)]
+    busy = [running(100, "a", (0, 1), time_limit=ends_in(100))]
+    jobs = [limited(1, nodelist=("a",), gpus=4, priority=9),   # b is free, but not for it
+            limited(2, nodelist=("a",), time_limit=60),        # ends before the head starts
+            limited(3, nodelist=("a",)),                       # would delay it
+            pending(4, gpus=2),                                # elsewhere: starts
+            limited(5, nodelist=("b",), gpus=2)]
+    decided = schedule(jobs, nodes, busy, NOW)
+    assert decided.head == 1
+    assert decided.shadow_time == NOW + 100
+    assert decided.reserved == {("a", 0), ("a", 1), ("a", 2), ("a", 3)}
+    assert decided.waiting[1] == "Resources: needs 4 GPUs on node a, 2 free; expected within 1:40"
+    assert started(decided) == {2: Allocation("a", (2,)), 4: Allocation("b", (0, 1)),
+                                5: Allocation("b", (2, 3))}
+    assert decided.waiting[3] == "Priority: behind job 1"
+
+
+def test_limited_head_picks_among_its_nodes_by_policy():
+    nodes = [node("a", 4), node("b", 2), node("c", 4)]
+    busy = [running(100, "a", (0, 1, 2, 3), time_limit=ends_in(50)),
+            running(101, "b", (0, 1), time_limit=ends_in(50)),
+            running(102, "c", (0, 1, 2, 3), time_limit=ends_in(10))]
+    decided = schedule([limited(1, gpus=2, nodelist=("a", "b"))], nodes, busy, NOW)
+    assert decided.reserved == {("b", 0), ("b", 1)}
+    assert decided.shadow_time == NOW + 50
+    decided = schedule([limited(1, gpus=2, exclude=("c",))], nodes, busy, NOW, SPREAD)
+    assert decided.reserved == {("a", 0), ("a", 1)}
+
+
+def test_a_limited_request_is_not_settled_as_the_same_count_anywhere():
+    # The head: 1 GPU on the full node a. A second like it waits; 1 GPU anywhere starts on b.
+    nodes = [node("a", 2), node("b", 2)]
+    busy = [running(100, "a", (0, 1))]
+    jobs = [limited(1, nodelist=("a",)), limited(2, nodelist=("a",)), pending(3)]
+    decided = schedule(jobs, nodes, busy, NOW)
+    assert decided.head == 1
+    assert decided.waiting[2] == "Priority: behind job 1"
+    assert started(decided) == {3: Allocation("b", (0,))}
+    # Behind a head reserved elsewhere: settled as behind; the same count anywhere starts.
+    nodes = [node("a", 2), node("b", 2), node("c", 2)]
+    busy = [running(100, "a", (0, 1)), running(101, "b", (0,), time_limit=ends_in(100))]
+    jobs = [limited(1, nodelist=("b",), gpus=2, priority=9), limited(2, nodelist=("a",)),
+            pending(3), limited(4, nodelist=("a",))]
+    decided = schedule(jobs, nodes, busy, NOW)
+    assert decided.reserved == {("b", 0), ("b", 1)}
+    assert decided.waiting[2] == decided.waiting[4] == "Priority: behind job 1"
+    assert started(decided) == {3: Allocation("c", (0,))}
+    # Never fits its nodes: the same count anywhere is not refused with it.
+    decided = schedule([limited(1, nodelist=("a",), gpus=4), pending(2, gpus=4)],
+                       [node("a", 2), node("b", 4)], [], NOW)
+    assert decided.waiting[1] == "Resources: no node it may use has 4 GPUs"
+    assert started(decided) == {2: Allocation("b", (0, 1, 2, 3))}
+    # The other way round: 2 GPUs anywhere take b, then 2 GPUs on b wait.
+    decided = schedule([pending(1, gpus=2), limited(2, nodelist=("b",), gpus=2)],
+                       [node("a", 2), node("b", 2)], [running(100, "a", (0,))], NOW)
+    assert started(decided) == {1: Allocation("b", (0, 1))}
+    assert decided.waiting[2].startswith("Resources: needs 2 GPUs on node b, 0 free")
+
+
+@pytest.mark.parametrize("policy", scheduler.POLICIES)
+@pytest.mark.parametrize("size", [6, 20])
+def test_a_nodelist_of_every_node_decides_like_no_nodelist(policy, size):
+    rng = random.Random(size)
+    nodes = [node("n%d" % i, rng.choice((2, 4, 8)), external_mb={0: rng.choice((0, 30000))},
+                  state=NodeState.UP if i % 5 else NodeState.DOWN) for i in range(size)]
+    busy = []
+    for n in nodes:
+        for i in range(len(n.gpus)):
+            if rng.random() < 0.5:
+                busy.append(running(1000 + len(busy), n.name, (i,),
+                                    mem_mb=rng.choice((None, 20000)),
+                                    time_limit=rng.choice((None, 200, 5000))))
+    plain = []
+    for job_id in range(1, 200):
+        gpu_ids = tuple(sorted(rng.sample(range(4), 2))) if rng.random() < 0.1 else None
+        plain.append(pending(job_id, gpus=rng.choice((0, 1, 1, 2, 4, 8, 16)), gpu_ids=gpu_ids,
+                             priority=rng.randint(0, 3), mem_mb=rng.choice((None, None, 10000)),
+                             time_limit=rng.choice((None, 60, 100000))))
+    everywhere = tuple(n.name for n in reversed(nodes))
+    alike = [limited(job.id, nodelist=everywhere, gpus=job.gpus, gpu_ids=job.gpu_ids,
+                     priority=job.priority, mem_mb=job.mem_mb, time_limit=job.time_limit)
+             for job in plain]
+    expected = schedule(plain, nodes, busy, NOW, policy)
+    decided = schedule(alike, nodes, busy, NOW, policy)
+    assert [(job.id, alloc) for job, alloc in decided.starts] == \
+        [(job.id, alloc) for job, alloc in expected.starts]
+    assert (decided.head, decided.shadow_time, decided.reserved) == \
+        (expected.head, expected.shadow_time, expected.reserved)
+    assert decided.starts and decided.head is not None
+
+
+@pytest.mark.parametrize("policy", scheduler.POLICIES)
+def test_a_random_pass_keeps_limited_jobs_on_their_nodes(policy):
+    rng = random.Random(11)
+    nodes = [node("n%d" % i, rng.choice((2, 4, 8)),
+                  state=NodeState.UP if i % 7 else NodeState.DOWN) for i in range(16)]
+    nodes[3].submit_only = True
+    names = [n.name for n in nodes] + ["gone"]
+    busy = [running(1000 + i, n.name, (0,), time_limit=rng.choice((None, 300)))
+            for i, n in enumerate(nodes) if rng.random() < 0.5 and not n.submit_only]
+    jobs = []
+    for job_id in range(1, 400):
+        nodelist = tuple(rng.sample(names, rng.randint(1, 4))) if rng.random() < 0.4 else None
+        exclude = tuple(rng.sample(names, rng.randint(1, 3))) if rng.random() < 0.3 else None
+        jobs.append(limited(job_id, nodelist=nodelist, exclude=exclude,
+                            gpus=rng.choice((0, 1, 2, 4, 8)), priority=rng.randint(0, 3),
+                            mem_mb=rng.choice((None, None, 30000)),
+                            time_limit=rng.choice((None, 100, 1000))))
+    decided = schedule(jobs, nodes, busy, NOW, policy)
+    held = {(job.node, i) for job in busy for i in job.alloc}
+    for job, alloc in decided.starts:
+        assert alloc.node != "n3"
+        assert job.nodelist is None or alloc.node in job.nodelist
+        assert job.exclude is None or alloc.node not in job.exclude
+        for i in alloc.gpu_ids:
+            if job.mem_mb is None:
+                assert (alloc.node, i) not in held
+            if (alloc.node, i) in decided.reserved:
+                assert job.time_limit and NOW + job.time_limit <= decided.shadow_time
+        if job.mem_mb is None:
+            held.update((alloc.node, i) for i in alloc.gpu_ids)
+    assert set(started(decided)) | set(decided.waiting) == set(range(1, 400))
+    assert scheduler.NO_ALLOWED_NODE_UP in decided.waiting.values()
+
+
+def test_time_slice_gains_a_limited_job_only_from_its_nodes():
+    nodes = [node("a", 4), node("c", 4)]
+    old = running(100, "a", (0, 1), start_time=NOW - 900)
+    young = running(101, "a", (2, 3), start_time=NOW - 800)
+    other = running(102, "c", (0, 1, 2, 3), start_time=NOW - 100)
+    busy = [old, young, other]
+    assert time_slice_victims([pending(1, gpus=4)], nodes, busy, busy, NOW) == [102]
+    assert time_slice_victims([limited(1, gpus=4, nodelist=("a",))], nodes, busy, busy, NOW) \
+        == [100, 101]
+    assert time_slice_victims([limited(1, gpus=2, exclude=("c",))], nodes, busy, busy, NOW) \
+        == [100]
+    assert time_slice_victims([limited(1, gpus=2, exclude=("a", "c"))], nodes, busy, busy,
+                              NOW) == []
+    # A limited job that gains nothing does not hide an unlimited one asking the same.
+    jobs = [limited(1, gpus=2, nodelist=("c",)), pending(2, gpus=2)]
+    assert time_slice_victims(jobs, nodes, busy, [old, young], NOW) == [100]
+
+
+def test_time_slice_ignores_submit_only_nodes():
+    nodes = [submit_only("relay", 4), node("a", 2)]
+    busy = [running(100, "a", (0, 1), start_time=NOW - 900)]
+    assert time_slice_victims([pending(1, gpus=2)], nodes, busy, busy, NOW) == [100]
+    assert time_slice_victims([pending(1, gpus=4)], nodes, busy, busy, NOW) == []
+
+
+def odd_node(name, indices, memory_mb=GB80, state=NodeState.UP):
+    return Node(name, [Gpu(i, "GPU-%s-%d" % (name, i), "A100", memory_mb) for i in indices],
+                state)
+
+
+def limited_cluster():
+    """a: 4 GPUs of 80 GB; b: 8 GPUs of 40 GB, down; hi: GPUs 4-7; relay: submit-only, 16."""
+    return [node("a", 4), node("b", 8, memory_mb=40960, state=NodeState.DOWN),
+            odd_node("hi", range(4, 8)), submit_only("relay", 16)]
+
+
+@pytest.mark.parametrize("request_, reason", [
+    (ResourceRequest(gpus=8, nodelist=("a", "b")), None),
+    (ResourceRequest(gpus=0, exclude=("a",)), None),
+    (ResourceRequest(gpu_ids=(1, 6), nodelist=("b",)), None),
+    (ResourceRequest(gpus=8, nodelist=("a",)),
+     "asks for 8 GPUs; the largest node it may use (a) has 4"),
+    (ResourceRequest(gpus=8, nodelist=("a", "hi")),
+     "asks for 8 GPUs; the largest nodes it may use (a, hi) have 4"),
+    (ResourceRequest(gpus=16, exclude=("a",)),
+     "asks for 16 GPUs; the largest node it may use (b) has 8"),
+    (ResourceRequest(gpu_ids=(5,), nodelist=("a",)), "asks for GPU 5; node a has GPUs 0-3"),
+    (ResourceRequest(gpu_ids=(1, 9), nodelist=("a", "hi")),
+     "asks for GPUs 1,9; the nodes it may use (a, hi) have GPUs 0-7"),
+    (ResourceRequest(gpu_ids=(1, 6), nodelist=("a", "hi")),
+     "GPUs 1,6 are not all on one node it may use (a, hi)"),
+    (ResourceRequest(gpu_ids=(6,), mem_mb=50000, nodelist=("b",)),
+     "asks for 50000 MB per GPU on GPU 6; no node it may use (b) has that much on it "
+     "(at most 40960 MB)"),
+    (ResourceRequest(gpus=1, mem_mb=50000, nodelist=("b",)),
+     "asks for 50000 MB per GPU; the largest GPU on node b has 40960 MB"),
+    (ResourceRequest(gpus=1, mem_mb=100000, exclude=("b",)),
+     "asks for 100000 MB per GPU; the largest GPU on the nodes it may use (a, hi) has 81920 MB"),
+    (ResourceRequest(gpus=5, mem_mb=50000, nodelist=("a", "b")),
+     "asks for 5 GPUs with 50000 MB each; no node it may use (a, b) has more than 4 such GPUs"),
+    (ResourceRequest(gpus=1, exclude=("a", "b", "hi")), "--exclude leaves no node to run on"),
+    (ResourceRequest(gpus=0, nodelist=("a",), exclude=("a",)),
+     "--nodelist and --exclude leave no node to run on"),
+    (ResourceRequest(gpus=1, nodelist=("relay",)), "node relay is submit-only: it runs no jobs"),
+    (ResourceRequest(gpus=0, nodelist=("relay", "a"), exclude=("a",)),
+     "node relay is submit-only: it runs no jobs"),
+    (ResourceRequest(gpus=1, nodelist=("gone",)), "--nodelist names no node of this cluster"),
+    # Unlimited requests: the submit-only node's 16 GPUs count for nothing.
+    (ResourceRequest(gpus=16), "asks for 16 GPUs; the largest node has 8"),
+    (ResourceRequest(gpus=0), None),
+])
+def test_unsatisfiable_reason_for_limited_requests(request_, reason):
+    assert unsatisfiable_reason(request_, limited_cluster()) == reason
+
+
+def test_unsatisfiable_reason_with_only_submit_only_nodes():
+    relays = [submit_only("r1", 4), submit_only("r2", 4)]
+    assert unsatisfiable_reason(ResourceRequest(gpus=1), relays) == \
+        "asks for 1 GPU; this cluster has no GPUs"
+    assert unsatisfiable_reason(ResourceRequest(gpus=1, nodelist=("r1", "r2")), relays) == \
+        "nodes r1, r2 are submit-only: they run no jobs"
+    gpuless = [Node("cpu", [])]
+    assert unsatisfiable_reason(ResourceRequest(gpus=2, nodelist=("cpu",)), gpuless) == \
+        "asks for 2 GPUs; no node it may use (cpu) has GPUs"
