@@ -156,7 +156,7 @@ def _unreachable(candidates, path, failure):
     e = failure
     if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
         why = "no mgpu master is running there" if e.errno == errno.ECONNREFUSED else "no such socket"
-        hint = "start one with 'sudo mgpu master' (or 'mgpu master' for yourself), or set MGPU_SOCKET"
+        hint = _where_to_run()
     elif e.errno == errno.EACCES:
         why, hint = "permission denied", "ask the admin to make the socket reachable, or set MGPU_SOCKET"
     elif e.errno == errno.EAGAIN:
@@ -166,6 +166,21 @@ def _unreachable(candidates, path, failure):
         why, hint = e.strerror or str(e), "check that the master is running"
     tried = path if len(candidates) == 1 else "%s (tried %s)" % (path, ", ".join(candidates))
     return MgpuError(errors.UNAVAILABLE, "cannot reach the mgpu master at %s: %s; %s" % (tried, why, hint))
+
+
+def _where_to_run():
+    """What to do on a host where no mgpu daemon answers: where the master is, when this host
+    knows (then the command belongs on a host of the cluster, or this host joins it)."""
+    from . import config  # only on this error path: it reads the system config
+
+    master = config.configured_master()
+    if master is None:
+        return ("run it on a host of the cluster (where 'mgpu master' or 'mgpu node' runs), start a master "
+                "with 'sudo mgpu master' (or 'mgpu master' for yourself), or set MGPU_SOCKET")
+    host = config.parse_address(master, "master")[0]
+    return ("this host runs no mgpu daemon: run it on %s (the master) or on a host running 'mgpu node', "
+            "or join this host with 'sudo mgpu node --master %s' (--submit-only on a host without GPUs)"
+            % (host, master))
 
 
 def call(type_, **fields):

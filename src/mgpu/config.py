@@ -39,6 +39,7 @@ OPTIONS = {
     "master": (None, "HOST:PORT of the master, for a node agent (also MGPU_MASTER_HOST, MGPU_MASTER_PORT)"),
     "heartbeat_interval": (30, "seconds between a node agent's heartbeats"),
     "node_timeout": (60, "seconds without a heartbeat after which the master declares a node down"),
+    "submit_only": (False, "a node agent that only relays its host's clients to the master: no GPUs, no jobs"),
 }
 
 
@@ -158,8 +159,9 @@ def validate(raw, uid, source="defaults"):
     if not isinstance(operators, list) or not all(isinstance(o, str) for o in operators):
         raise ConfigError("operators must be a list of user names")
     values["operators"] = tuple(operators)
-    if not isinstance(values["allow_root_jobs"], bool):
-        raise ConfigError("allow_root_jobs must be true or false")
+    for name in ("allow_root_jobs", "submit_only"):
+        if not isinstance(values[name], bool):
+            raise ConfigError("%s must be true or false" % name)
     values["node_name"] = str(values["node_name"] or os.uname().nodename.split(".")[0])
     for name in ("listen", "master"):
         if values[name] is not None:
@@ -234,3 +236,23 @@ def load(path=None, overrides=None, uid=None, environ=None):
         if value is not None:
             raw[key] = value
     return validate(raw, uid, source)
+
+
+def configured_master(environ=None):
+    """Where the master is, as this host's users would be told (MGPU_MASTER_HOST and _PORT, or
+    `master` in the system config), or None; never raises (it only shapes an error message)."""
+    environ = os.environ if environ is None else environ
+    text = None
+    if environ.get("MGPU_MASTER_HOST"):
+        text = "%s:%s" % (environ["MGPU_MASTER_HOST"], environ.get("MGPU_MASTER_PORT") or DEFAULT_PORT)
+    else:
+        try:
+            text = read_file(paths.SYSTEM_CONFIG).get("master")
+        except (ConfigError, OSError):
+            return None
+    if not isinstance(text, str):
+        return None
+    try:
+        return format_address(*parse_address(text, "master"))
+    except ConfigError:
+        return None

@@ -12,6 +12,9 @@ Events are dicts with a `kind`: `request` (a client's request, with the peer's i
 root and operators) are kept by name, whether they are up or not, and given at construction
 after a restart; a drained node keeps its running jobs and takes no new ones. Time passes through
 `advance(now)`; a scheduler pass runs through `schedule(now)` and only when something changed.
+Remote nodes that joined are recorded (`SaveNode`) and given at construction after a restart
+(`known_nodes`): until they reconnect they are unreachable (no new jobs), and --nodelist, admission
+and the node table know them.
 """
 
 import collections
@@ -89,6 +92,14 @@ class SaveDrain(Action):
         self.node, self.reason = node, reason
 
 
+class SaveNode(Action):
+    """Record a remote node's inventory (what it registered with), to know it after a restart."""
+    __slots__ = ("node", "record")
+
+    def __init__(self, node, record):
+        self.node, self.record = node, record
+
+
 class Log(Action):
     __slots__ = ("line",)
 
@@ -139,9 +150,21 @@ EVENTS = frozenset(("node_up", "node_heartbeat", "node_unreachable", "node_down"
 
 
 class Controller:
-    def __init__(self, settings, jobs=(), next_id=1, next_seq=1, drained=None):
+    def __init__(self, settings, jobs=(), next_id=1, next_seq=1, drained=None, known_nodes=None):
         self.settings = settings
         self.nodes = {}
+        self._node_records = {}  # remote node name -> the record last saved of it
+        for name, record in (known_nodes or {}).items():
+            try:
+                gpus = [Gpu.from_dict(g) for g in record["gpus"]]
+                address = record.get("address")
+                node = Node(name, gpus, state=NodeState.UNREACHABLE,
+                            address=address if isinstance(address, str) else None,
+                            submit_only=record.get("submit_only") is True)
+            except (KeyError, TypeError, ValueError):
+                continue  # not plausible: the node is known again when it reconnects
+            self.nodes[name] = node
+            self._node_records[name] = record
         self.drained = dict(drained or {})  # node name -> why it is drained (up, down or unknown)
         self.jobs = {}
         self.pending = {}
@@ -244,7 +267,9 @@ class Controller:
         if gpu_ids is not None and len(set(gpu_ids)) != len(gpu_ids):
             raise MgpuError(errors.INVALID_ARGUMENT, "GPU ids must be distinct")
         gpus = fields.get("gpus", 1)
-        request = ResourceRequest(gpus if gpus is not None else 1, gpu_ids, fields.get("mem_mb"))
+        request = ResourceRequest(gpus if gpus is not None else 1, gpu_ids, fields.get("mem_mb"),
+                                  self._known_nodes(fields.get("nodelist"), "--nodelist"),
+                                  self._known_nodes(fields.get("exclude"), "--exclude"))
         why = self.unsatisfiable(request)
         if why:
             raise MgpuError(errors.UNSATISFIABLE, "cannot ever run: " + why)
@@ -270,7 +295,8 @@ class Controller:
         job = Job(id=job_id, user=user, uid=uid, gid=peer["gid"], name=fields.get("name"),
                   command=fields["command"], cwd=cwd, output=output, error=error,
                   env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,
-                  mem_mb=request.mem_mb, time_limit=time_limit, priority=priority,
+                  mem_mb=request.mem_mb, nodelist=request.nodelist, exclude=request.exclude,
+                  time_limit=time_limit, priority=priority,
                   requeue=bool(fields.get("requeue")), warn_signal=warn_signal,
                   warn_seconds=warn_seconds, submit_time=now,
                   queue_seq=self.next_seq, state=JobState.PENDING, reason="submitted",
@@ -283,6 +309,10 @@ class Controller:
         what = "%s" % _plural(job.gpus, "GPU") if not job.gpu_ids else "GPUs " + ",".join(map(str, job.gpu_ids))
         if job.mem_mb:
             what += " x %d MB" % job.mem_mb
+        if job.nodelist:
+            what += " on %s" % ",".join(job.nodelist)
+        if job.exclude:
+            what += " not on %s" % ",".join(job.exclude)
         return [
             Save(job, Transition(job.id, now, "", JobState.PENDING, "submitted", "submit by %s" % user),
                  fields["env"]),
@@ -308,6 +338,19 @@ class Controller:
             raise MgpuError(errors.INVALID_ARGUMENT, "%s is too long once %%j, %%u and %%x are "
                             "filled in: at most %d bytes" % (what, MAX_PATH))
         return path
+
+    def _known_nodes(self, names, option):
+        """The node names of a --nodelist or --exclude, each once, in the order given; refused
+        when one is not a node of this cluster (one that registered, or is drained)."""
+        if not names:
+            return None
+        known = self.nodes.keys() | self.drained.keys()
+        for name in names:
+            if name not in known:
+                listed = sorted(known)
+                raise MgpuError(errors.INVALID_ARGUMENT, "%s: no node is called %s (nodes: %s%s)" % (
+                    option, _shown(name), ", ".join(listed[:20]), ", ..." if len(listed) > 20 else ""))
+        return tuple(dict.fromkeys(names))
 
     def unsatisfiable(self, request):
         if request.gpus and not any(node.gpus for node in self.nodes.values()):
@@ -423,13 +466,23 @@ class Controller:
     def _on_node_up(self, event, now):
         gpus = [Gpu.from_dict(g) for g in event["gpus"]]
         name, address = event["name"], event.get("address")
+        submit_only = bool(event.get("submit_only"))
         drained = self.drained.get(name)
         self.nodes[name] = Node(name, gpus, state=NodeState.UP if drained is None else NodeState.DRAINED,
-                                address=address, last_heartbeat=now)
+                                address=address, last_heartbeat=now, submit_only=submit_only)
         self.dirty = True
         where = " from %s" % address if address else ""
         still = "" if drained is None else " (drained: %s)" % _shown(drained)
-        return [Log("node %s up%s with %s%s" % (name, where, _plural(len(gpus), "GPU"), still))]
+        what = "submit only (runs no jobs)" if submit_only else _plural(len(gpus), "GPU")
+        actions = [Log("node %s up%s with %s%s" % (name, where, what, still))]
+        if address is not None:
+            record = {"gpus": [g.to_dict() for g in gpus], "address": address, "submit_only": submit_only}
+            for g in record["gpus"]:
+                g["external_mb"] = 0  # what others use changes all the time: not part of the record
+            if self._node_records.get(name) != record:
+                self._node_records[name] = record
+                actions.insert(0, SaveNode(name, record))
+        return actions
 
     def _on_node_heartbeat(self, event, now):
         node = self.nodes.get(event["name"])
@@ -708,7 +761,8 @@ class Controller:
         return actions
 
     def _say_drained(self, waiting):
-        """Reasons of jobs that wait for want of an up node name the drained ones."""
+        """Reasons of jobs that wait for want of an up node name the drained ones (for a job
+        limited to some nodes, the drained ones among those)."""
         names = sorted(name for name, node in self.nodes.items() if node.state == NodeState.DRAINED)
         if not names:
             return
@@ -718,6 +772,14 @@ class Controller:
                 waiting[job_id] = "Resources: no node takes jobs" + suffix
             elif reason.startswith("Resources: no node that is up"):
                 waiting[job_id] = reason + suffix
+            elif reason == scheduler.NO_ALLOWED_NODE_UP or reason.startswith("Resources: no node it may use"):
+                job = self.pending.get(job_id)
+                if job is None:
+                    continue
+                mine = [n for n in names if (not job.nodelist or n in job.nodelist)
+                        and not (job.exclude and n in job.exclude)]
+                if mine:
+                    waiting[job_id] = reason + " (drained: %s)" % ", ".join(mine[:10])
 
     def positions(self):
         """Job id -> place in the queue (1 = next to start), for pending jobs."""
@@ -761,6 +823,7 @@ class Controller:
         return {
             "id": job.id, "user": job.user, "uid": job.uid, "state": job.state, "priority": job.priority,
             "gpus": job.gpus, "gpu_ids": gpu_ids, "mem_mb": job.mem_mb, "node": job.node,
+            "nodelist": list(job.nodelist or ()), "exclude": list(job.exclude or ()),
             "name": job.name, "command": job.command, "exit_code": job.exit_code,
             "reason": reason, "restarts": job.restarts, "submit_time": job.submit_time,
             "start_time": job.start_time, "end_time": job.end_time, "time_limit": job.time_limit,
@@ -785,7 +848,7 @@ class Controller:
                              "external_mb": gpu.external_mb, "jobs": [j.id for j in jobs]})
             rows.append({"name": node.name, "state": self._node_state(node, holders), "gpus": gpus,
                          "address": node.address, "last_heartbeat": node.last_heartbeat,
-                         "drain_reason": self.drained.get(node.name)})
+                         "drain_reason": self.drained.get(node.name), "submit_only": node.submit_only})
         return rows
 
     @staticmethod
@@ -853,4 +916,4 @@ def _signal_name(signum):
         return str(signum)
 
 
-__all__ = ["Controller", "Settings", "Reply", "Save", "SaveDrain", "Launch", "SignalJob", "Release", "Log"]
+__all__ = ["Controller", "Settings", "Reply", "Save", "SaveDrain", "SaveNode", "Launch", "SignalJob", "Release", "Log"]

@@ -17,6 +17,12 @@ Threads: the main thread runs the loop and alone touches the controller and the 
 thread per connection reads requests, posts them to the loop and waits for the reply; a stream
 (attach) thread receives job updates from the loop through its own queue and reads the job's
 output files. The node agent's threads post supervisor events to the same loop.
+
+An attach relayed by a node (`srun -i` of a client on the node's host) is checked by the
+controller like a local one, with the relayed identity; when granted, the same stream runs on a
+thread of its own and goes back through that node's link as relay_frames (nodelink.RelayStream:
+at most protocol.MAX_RELAY_STREAMS per link, flow-controlled by the link's outbox). It ends with
+the job, when the node cancels it (relay_cancel), or with the link.
 """
 
 import os
@@ -110,7 +116,8 @@ class Master:
             owner_uid=uid if self.single_user else None,
             owner_name=owner[0] if owner else None, keep_finished=config.keep_finished)
         self.controller = ctl.Controller(settings, finished + active, next_id, next_seq,
-                                         drained=self.store.load_drained())
+                                         drained=self.store.load_drained(),
+                                         known_nodes=self.store.load_nodes())
         self.server = transport.unix_server(config.socket, self._serve_connection, log,
                                             max_connections=config.max_connections,
                                             max_connections_per_user=config.max_connections_per_user)
@@ -127,6 +134,7 @@ class Master:
         self._unsaved_envs = {}
         self._unsaved_transitions = []
         self._unsaved_drains = {}  # node name -> drain reason, or None when resumed
+        self._unsaved_nodes = {}   # remote node name -> its record
         self._held_releases = []
         self._next_store_retry = 0.0
 
@@ -205,12 +213,16 @@ class Master:
         if renamed:
             self._carry_out(c.rehome([j.id for j in renamed], self.agent.name, time.time()))
         self.agent.adopt(here)
+        remote = [name for name, node in c.nodes.items() if node.address is not None]
         if self.node_server is not None:
             # Their nodes reconnect by themselves: wait node_timeout before declaring them down.
             deadline = time.monotonic() + self.config.node_timeout
-            for job in elsewhere:
-                self.node_grace.setdefault(job.node, deadline)
+            for name in remote + [job.node for job in elsewhere]:
+                self.node_grace.setdefault(name, deadline)
             return
+        for name in remote:
+            self.events.put({"kind": "node_down", "name": name,
+                             "reason": "this master does not listen for nodes (no --listen)"})
         for job in elsewhere:
             self.events.put({"kind": "job_lost", "node": job.node, "job_id": job.id, "attempt": job.attempt,
                              "started": True, "reason": "its node %s is not part of this cluster" % job.node})
@@ -286,8 +298,10 @@ class Master:
                     self._unsaved_transitions.append(action.transition)
             elif type(action) is ctl.SaveDrain:
                 self._unsaved_drains[action.node] = action.reason
+            elif type(action) is ctl.SaveNode:
+                self._unsaved_nodes[action.node] = action.record
         stored = True
-        if self._unsaved or self._unsaved_transitions or self._unsaved_drains:
+        if self._unsaved or self._unsaved_transitions or self._unsaved_drains or self._unsaved_nodes:
             stored = self._write_unsaved()
         if not stored:
             actions = self._hold_back(actions)
@@ -406,6 +420,9 @@ class Master:
             return {"kind": "node_heartbeat", "name": link.name}
         if type_ == "relay":
             return self._relayed_request(link, fields)
+        if type_ == "relay_cancel":  # through the loop: after the relay it cancels
+            link.cancel_stream(fields["request_id"])
+            return None
         report = dict(NODE_REPORT_DEFAULTS.get(type_, {}), **fields)
         report.update(kind=type_, node=link.name)
         return report
@@ -417,8 +434,7 @@ class Master:
         try:
             type_, request = protocol.check_request(fields["request"])
             if type_ == "attach":
-                raise MgpuError(errors.BAD_REQUEST, "streaming a job (srun -i) through node %s is not "
-                                "supported yet: run it on the master's host" % link.name)
+                token = self._relayed_attach(link, fields["request_id"])
         except MgpuError as e:
             token.queue.put(protocol.error_from(e))
             return None
@@ -428,6 +444,40 @@ class Master:
             peer = {"user": peer["user"], "uid": account[0], "gid": account[1], "home": peer["home"]}
         token.type = type_
         return {"kind": "request", "type": type_, "fields": request, "token": token, "peer": dict(peer)}
+
+    def _relayed_attach(self, link, request_id):
+        """The token of a relayed attach: a thread of its own waits for the controller's answer
+        and streams the job back through the link. MgpuError when the link has as many streams
+        open as it may."""
+        stream = link.open_stream(request_id)
+        if stream is None:
+            raise MgpuError(errors.UNAVAILABLE, "node %s already streams %d jobs (srun -i) through the master, "
+                            "the most it may; try again later" % (link.name, protocol.MAX_RELAY_STREAMS))
+        token = _PendingReply("attach")
+        try:
+            threading.Thread(target=self._serve_relayed_stream, args=(stream, token),
+                             name="relay-stream-%s-%d" % (link.name, request_id), daemon=True).start()
+        except RuntimeError:  # the host cannot start another thread
+            stream.close()
+            raise MgpuError(errors.UNAVAILABLE, "the master cannot stream another job right now; try again") from None
+        return token
+
+    def _serve_relayed_stream(self, stream, token):
+        """A relayed attach (its own thread): the controller's answer goes back to the node and,
+        when granted, the job's stream follows, as for a client on this host."""
+        try:
+            try:
+                reply = token.queue.get(timeout=transport.REPLY_TIMEOUT)
+            except queue.Empty:
+                reply = protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s"
+                                       % transport.REPLY_TIMEOUT)
+            stream.reply(reply)
+            if reply.get("ok") and not stream.peer_closed():
+                self._stream(stream, reply["result"])
+        except Exception as e:  # a bug in one stream must not leave a traceback behind
+            log("internal error streaming through node %s: %s: %s" % (stream.link.name, type(e).__name__, e))
+        finally:
+            stream.close()
 
     def _register_node(self, event, now):
         link, fields, token = event["link"], event["fields"], event["token"]
@@ -453,7 +503,8 @@ class Master:
                              "started": False, "reason": "node %s has no record of it" % name})
         if keep:
             log("node %s: keeping %d running job%s" % (name, len(keep), "" if len(keep) == 1 else "s"))
-        return {"kind": "node_up", "name": name, "gpus": fields["gpus"], "address": link.address}
+        return {"kind": "node_up", "name": name, "gpus": fields["gpus"], "address": link.address,
+                "submit_only": bool(fields.get("submit_only"))}
 
     def _nodes_gone_silent(self):
         """node_down events for remote nodes not heard from for node_timeout (or not back within
@@ -480,7 +531,8 @@ class Master:
         c = self.controller
         try:
             self.store.write(list(self._unsaved.values()), list(self._unsaved_envs.items()),
-                             self._unsaved_transitions, c.next_id, c.next_seq, drained=self._unsaved_drains)
+                             self._unsaved_transitions, c.next_id, c.next_seq, drained=self._unsaved_drains,
+                             nodes=self._unsaved_nodes)
         except StoreError as e:
             self._next_store_retry = time.monotonic() + STORE_RETRY
             if not self.degraded:
@@ -490,6 +542,7 @@ class Master:
             return False
         self._unsaved, self._unsaved_envs, self._unsaved_transitions = {}, {}, []
         self._unsaved_drains = {}
+        self._unsaved_nodes = {}
         if self.degraded:
             self.degraded = False
             c.dirty = True
@@ -580,7 +633,9 @@ class Master:
 
     def _stream(self, connection, row):
         """Stream a job to an `srun -i`: status while it waits, its output while it runs, and a
-        last frame with its final state. Ends when the job ends or the client goes away."""
+        last frame with its final state. Ends when the job ends or the client goes away.
+        `connection`: anything with send(frame) and peer_closed(): a client's Connection, or a
+        nodelink.RelayStream for a client on a node's host."""
         watcher = _Watcher(row["id"])
         self.events.put({"kind": "watch", "watcher": watcher})
         files = {}

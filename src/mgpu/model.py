@@ -63,17 +63,20 @@ class Transition:
 
 
 class ResourceRequest:
-    """What a job asks for: a GPU count or exact GPU ids, and optionally memory per GPU.
+    """What a job asks for: a GPU count or exact GPU ids, and optionally memory per GPU, on
+    one host among `nodelist` (None: any) and not among `exclude` (None: none excluded).
 
     Without `mem_mb` the granted GPUs are exclusive; with it a GPU may be shared.
     """
 
-    __slots__ = ("gpus", "gpu_ids", "mem_mb")
+    __slots__ = ("gpus", "gpu_ids", "mem_mb", "nodelist", "exclude")
 
-    def __init__(self, gpus=1, gpu_ids=None, mem_mb=None):
+    def __init__(self, gpus=1, gpu_ids=None, mem_mb=None, nodelist=None, exclude=None):
         self.gpus = len(gpu_ids) if gpu_ids else gpus
         self.gpu_ids = tuple(gpu_ids) if gpu_ids else None
         self.mem_mb = mem_mb
+        self.nodelist = tuple(nodelist) if nodelist else None
+        self.exclude = tuple(exclude) if exclude else None
 
     @property
     def exclusive(self):
@@ -126,14 +129,15 @@ class NodeState:
 
 
 class Node:
-    __slots__ = ("name", "gpus", "state", "address", "last_heartbeat")
+    __slots__ = ("name", "gpus", "state", "address", "last_heartbeat", "submit_only")
 
-    def __init__(self, name, gpus, state=NodeState.UP, address=None, last_heartbeat=None):
+    def __init__(self, name, gpus, state=NodeState.UP, address=None, last_heartbeat=None, submit_only=False):
         self.name = name
         self.gpus = list(gpus)
         self.state = state
         self.address = address                # where a remote node connects from; None: the master's host
         self.last_heartbeat = last_heartbeat  # time of its last registration or heartbeat
+        self.submit_only = submit_only        # relays its host's clients; runs no job (mgpu node --submit-only)
 
     def gpu(self, index):
         for gpu in self.gpus:
@@ -145,7 +149,7 @@ class Node:
 # Fields of a Job that are persisted and reported, in a stable order.
 JOB_FIELDS = (
     "id", "user", "uid", "gid", "name", "command", "cwd", "output", "error", "env_setup",
-    "gpus", "gpu_ids", "mem_mb", "time_limit", "priority", "requeue", "warn_signal",
+    "gpus", "gpu_ids", "mem_mb", "nodelist", "exclude", "time_limit", "priority", "requeue", "warn_signal",
     "warn_seconds", "submit_time", "queue_seq", "state", "reason", "exit_code", "start_time",
     "end_time", "node", "alloc", "attempt", "restarts", "sup_pid", "sup_start", "pgid",
     "stop_cause", "stop_deadline", "warned", "umask",
@@ -171,10 +175,12 @@ class Job:
         if self.gpu_ids:
             self.gpu_ids = tuple(self.gpu_ids)
             self.gpus = len(self.gpu_ids)
+        self.nodelist = tuple(self.nodelist) if self.nodelist else None
+        self.exclude = tuple(self.exclude) if self.exclude else None
 
     @property
     def request(self):
-        return ResourceRequest(self.gpus, self.gpu_ids, self.mem_mb)
+        return ResourceRequest(self.gpus, self.gpu_ids, self.mem_mb, self.nodelist, self.exclude)
 
     @property
     def end_estimate(self):

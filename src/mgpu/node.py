@@ -26,6 +26,15 @@ relays each request to the master (`relay`), with the user name, uid, gid and ho
 the kernel (SO_PEERCRED) and this host's passwd; the master answers through the link
 (`relay_reply`). While the link is down such a request gets one line saying so.
 
+`srun -i` from this host: its `attach` is relayed the same way; when the master grants it, the
+link thread queues the stream's `relay_frame`s for that request on a bounded per-stream queue
+and the client's thread forwards them in order until the `end` frame or an error. When the client
+goes away (Ctrl+C detaches), reads too slowly (its queue overflows: one error line) or nothing
+comes for STREAM_IDLE_TIMEOUT, the node sends `relay_cancel` and the master stops that stream.
+When the link is lost every waiting client gets one error line, and what was queued for the
+lost link's requests and streams is not sent to the next one. Frames for a request id this node
+does not follow are dropped.
+
 Jobs do not depend on this daemon: SIGTERM/SIGINT stop it, running jobs carry on under their
 supervisors, and the next start re-adopts them from their records.
 """
@@ -44,7 +53,7 @@ import time
 
 from . import auth, config as configuration, errors, protocol, transport
 from .errors import MgpuError
-from .gpus import open_inventory
+from .gpus import FakeInventory, open_inventory
 from .launcher import boot_id
 from .model import MAX_GPU_INDEX, MAX_JOB_ID, Job
 from .nodeagent import NodeAgent
@@ -57,6 +66,11 @@ BACKOFF_MAX = 10.0
 READ_SLICE = 0.5            # the link thread looks at its outbox at least this often
 MAX_OUTBOX = 100_000        # reports kept while the master is out of reach; the oldest go first
 MAX_RELAYED = 4096          # relayed requests waiting for the master's answer at once
+MAX_STREAM_BACKLOG = 1 << 20  # about the bytes of frames one relayed stream holds for its client
+FRAME_COST = 1024             # what a frame counts for in that backlog, besides its output data
+STREAM_IDLE_TIMEOUT = 90.0    # a relayed stream with no frame this long is over (the master sends
+                              # one every 30 s; srun waits 120 s)
+CLIENT_POLL = 0.5             # a streaming client's thread looks this often whether it went away
 
 
 def log(*lines):
@@ -133,6 +147,8 @@ def job_from_launch(record):
     number = optional(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0)
     need("time_limit", number, "a number of seconds")
     need("start_time", number, "a time")
+    for name in ("nodelist", "exclude"):
+        need(name, optional(lambda v: isinstance(v, list) and all(is_text(n) for n in v)), "a list of node names")
     return Job.from_dict(record)
 
 
@@ -173,7 +189,12 @@ class NodeDaemon:
         self.tls_context = auth.client_context(self.key)
         self.heartbeat_interval = config.heartbeat_interval
         self.lock_fd = lock_state_dir(config.state_dir)
-        inventory, self.inventory_line = open_inventory(config.fake_gpus)
+        self.submit_only = config.submit_only
+        if self.submit_only:
+            inventory = FakeInventory([])
+            self.inventory_line = "none: a submit-only node relays its host's clients and runs no job"
+        else:
+            inventory, self.inventory_line = open_inventory(config.fake_gpus)
         # Forks the launcher helper: before any thread of this daemon.
         self.agent = NodeAgent(self.name, inventory, config.state_dir, self._on_agent_event,
                                lock_fd=self.lock_fd, remote=True)
@@ -187,6 +208,7 @@ class NodeDaemon:
         self._link_thread = None
         self.connected = threading.Event()   # registered with the master (for tests)
         self._relayed = {}                   # request id -> the queue its client thread waits on
+        self._streams = {}                   # request id -> the _RelayedStream of a relayed attach
         self._relay_lock = threading.Lock()
         self._next_relay = 1
         self.socket_path = config.socket
@@ -320,7 +342,8 @@ class NodeDaemon:
             reported = self.agent.attempts()
             info = self.agent.info()
             connection.send(protocol.node_message(
-                "node_register", name=self.name, gpus=info["gpus"], attempts=reported, boot_id=boot_id()))
+                "node_register", name=self.name, gpus=info["gpus"], attempts=reported, boot_id=boot_id(),
+                submit_only=self.submit_only))
             try:
                 reply = self._read(connection, REGISTER_TIMEOUT)
             except _EndOfStream:
@@ -463,6 +486,10 @@ class NodeDaemon:
                 waiting = self._relayed.pop(fields["request_id"], None)
             if waiting is not None:
                 waiting.put(fields["reply"])
+            else:
+                self._to_stream(fields["request_id"], fields["reply"])
+        elif type_ == "relay_frame":
+            self._to_stream(fields["request_id"], fields["frame"])
         elif type_ == "kill":
             self.log("node %s: kill job %d attempt %d (the master does not run it)"
                      % (self.name, fields["job_id"], fields["attempt"]))
@@ -478,6 +505,13 @@ class NodeDaemon:
             self.log("node %s: refused launch of job %s attempt %s: %s" % (self.name, job_id, attempt, e))
             self._post(protocol.node_message("job_exited", job_id=job_id, attempt=attempt, exit_code=None,
                                              signal=None, error=_clip("bad launch request: %s" % e)))
+            return
+        if self.submit_only:
+            self.log("node %s: refused launch of job %d attempt %d: this is a submit-only node"
+                     % (self.name, job.id, job.attempt))
+            self._post(protocol.node_message("job_exited", job_id=job.id, attempt=job.attempt, exit_code=None,
+                                             signal=None, error="node %s is a submit-only node: it runs no job"
+                                             % self.name))
             return
         gpus = ",".join(str(g) for g in job.alloc) or "none"
         self.log("node %s: launch job %d attempt %d as %s on GPUs %s"
@@ -510,37 +544,28 @@ class NodeDaemon:
 
     def _serve_client(self, connection, peer):
         """One local client's connection (a server thread): each request is relayed to the
-        master with the identity the kernel gave, and its reply passed back."""
+        master with the identity the kernel gave, and its reply passed back. An attach streams
+        the job and ends the connection, as on the master."""
         for type_, _, message in connection.requests():
+            if type_ == "attach":
+                self._relay_stream(connection, message, peer)
+                return
             try:
-                reply = self._relay(message, type_, peer)
+                reply = self._relay(message, peer)
             except MgpuError as e:
                 reply = protocol.error_from(e)
             if not connection.reply(reply):
                 return
 
-    def _relay(self, request, type_, peer):
-        if type_ == "attach" or (type_ == "submit" and request.get("interactive")):
-            raise MgpuError(errors.BAD_REQUEST, "streaming a job (srun -i) through node %s is not supported "
-                            "yet: run it on the master's host" % self.name)
-        try:
-            account = pwd.getpwuid(peer.uid)
-        except KeyError:
-            raise MgpuError(errors.PERMISSION_DENIED, "your uid %d has no account on this host" % peer.uid) from None
-        if not self.connected.is_set():
-            raise MgpuError(errors.UNAVAILABLE, "node %s is not connected to its master %s right now; try "
-                            "again shortly" % (self.name, self.master_address))
+    def _relay(self, request, peer):
+        identity = self._relayed_identity(peer)
         waiting = queue.SimpleQueue()
         with self._relay_lock:
             if len(self._relayed) >= MAX_RELAYED:
                 raise MgpuError(errors.UNAVAILABLE, "node %s has too many requests waiting for the master; "
                                 "try again" % self.name)
-            request_id = self._next_relay
-            self._next_relay += 1
+            request_id = self._post_relay(request, identity)
             self._relayed[request_id] = waiting
-        self._post(protocol.node_message(
-            "relay", request_id=request_id, request=request,
-            peer={"user": account.pw_name, "uid": account.pw_uid, "gid": account.pw_gid, "home": account.pw_dir}))
         try:
             return waiting.get(timeout=transport.REPLY_TIMEOUT)
         except queue.Empty:
@@ -548,12 +573,176 @@ class NodeDaemon:
                 self._relayed.pop(request_id, None)
             raise MgpuError(errors.TIMEOUT, "the master did not answer within %.0f s" % transport.REPLY_TIMEOUT) from None
 
+    def _relayed_identity(self, peer):
+        """The identity a relayed request carries: the client's account on this host, from the
+        uid the kernel gave. MgpuError when it has none, or when the master is out of reach."""
+        try:
+            account = pwd.getpwuid(peer.uid)
+        except KeyError:
+            raise MgpuError(errors.PERMISSION_DENIED, "your uid %d has no account on this host" % peer.uid) from None
+        if not self.connected.is_set():
+            raise MgpuError(errors.UNAVAILABLE, "node %s is not connected to its master %s right now; try "
+                            "again shortly" % (self.name, self.master_address))
+        return {"user": account.pw_name, "uid": account.pw_uid, "gid": account.pw_gid, "home": account.pw_dir}
+
+    def _post_relay(self, request, identity):
+        """Queue a relay for the master; its request id. Called with the relay lock held, so that
+        a lost link's _fail_relayed cannot come between the caller's registration and this."""
+        request_id = self._next_relay
+        self._next_relay += 1
+        self._post(protocol.node_message("relay", request_id=request_id, request=request, peer=identity))
+        return request_id
+
     def _fail_relayed(self, why):
+        """The link is lost (or the node stops): every client waiting on it gets one error line,
+        and the relays and cancels still queued for it are dropped (their clients have their
+        answer; the master's streams ended with the link)."""
+        failure = protocol.error(errors.UNAVAILABLE, why)
         with self._relay_lock:
             waiting, self._relayed = list(self._relayed.values()), {}
+            streams, self._streams = list(self._streams.values()), {}
+            with self._outbox_lock:
+                kept = [m for m in self._outbox if m["type"] not in ("relay", "relay_cancel")]
+                self._outbox.clear()
+                self._outbox.extend(kept)
         for each in waiting:
-            each.put(protocol.error(errors.UNAVAILABLE, why))
+            each.put(failure)
+        for stream in streams:
+            stream.fail(failure)
+
+    # -- srun -i from this host ---------------------------------------------------------------
+
+    def _relay_stream(self, connection, request, peer):
+        """A local client's attach: relayed, then its reply and the stream's frames passed on
+        until the `end` frame or an error. A client that goes away, or a stream that falls
+        silent, makes the master stop the stream (relay_cancel)."""
+        try:
+            request_id, stream = self._open_stream(request, peer)
+        except MgpuError as e:
+            connection.reply(protocol.error_from(e))
+            return
+        ended = False  # by the master (its end frame or an error) or by the link: nothing to cancel
+        try:
+            timeout = transport.REPLY_TIMEOUT
+            while True:
+                item = self._next_in_stream(connection, stream, timeout)
+                if item is None:
+                    return  # the client went away (srun detached)
+                connection.send(item)
+                timeout = STREAM_IDLE_TIMEOUT
+                if item.get("type") == "end" or item.get("ok") is False:
+                    ended = True
+                    return
+        except OSError:
+            return  # the client went away
+        except MgpuError as e:
+            connection.reply(protocol.error_from(e))
+        finally:
+            self._close_stream(request_id, stream, cancel=not ended)
+
+    def _open_stream(self, request, peer):
+        """(request id, _RelayedStream) of a relayed attach; MgpuError when it cannot be
+        relayed or this node streams as many jobs as it may."""
+        identity = self._relayed_identity(peer)
+        stream = _RelayedStream()
+        with self._relay_lock:
+            if len(self._streams) >= protocol.MAX_RELAY_STREAMS:
+                raise MgpuError(errors.UNAVAILABLE, "node %s already streams %d jobs (srun -i), the most it "
+                                "may; try again later" % (self.name, protocol.MAX_RELAY_STREAMS))
+            request_id = self._post_relay(request, identity)
+            self._streams[request_id] = stream
+        return request_id, stream
+
+    def _next_in_stream(self, connection, stream, timeout):
+        """The stream's next reply or frame; None when the client went away first; MgpuError
+        when nothing comes within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise MgpuError(errors.TIMEOUT, "the master sent nothing about this job for %.0f s: stopped "
+                                "following it; the job itself is not affected (see 'mgpu queue')" % timeout)
+            item = stream.get(min(left, CLIENT_POLL))
+            if item is not None:
+                return item
+            if connection.peer_closed():
+                return None
+
+    def _close_stream(self, request_id, stream, cancel):
+        """Forget a stream this node followed; tell the master to stop it when it may still
+        run there."""
+        with self._relay_lock:
+            current = self._streams.get(request_id) is stream
+            if current:
+                del self._streams[request_id]
+        if current and cancel:
+            self._post(protocol.node_message("relay_cancel", request_id=request_id))
+
+    def _to_stream(self, request_id, item):
+        """A reply or frame for a relayed stream (the link thread): queued for its client. One
+        for a request this node does not follow is dropped; one that overflows the stream's
+        queue drops the stream: its client gets one error line and the master is told to stop."""
+        with self._relay_lock:
+            stream = self._streams.get(request_id)
+        if stream is None or stream.put(item):
+            return
+        with self._relay_lock:
+            if self._streams.get(request_id) is not stream:
+                return
+            del self._streams[request_id]
+        self._post(protocol.node_message("relay_cancel", request_id=request_id))
+        stream.fail(protocol.error(errors.UNAVAILABLE, "stopped streaming the job: its output came faster than "
+                                   "it was read (over %d KB waiting); the job itself is not affected (see "
+                                   "'mgpu queue')" % (MAX_STREAM_BACKLOG // 1024)), discard=True)
 
 
 class _EndOfStream(Exception):
     pass
+
+
+class _RelayedStream:
+    """What arrived for one relayed attach (the master's reply, then the stream's frames), from
+    the link thread to the client's thread, in order; at most about MAX_STREAM_BACKLOG bytes of
+    it. A failure (one error reply) ends it after what is queued, or at once with `discard`."""
+
+    def __init__(self):
+        self._items = collections.deque()
+        self._size = 0
+        self._failure = None
+        self._ready = threading.Condition()
+
+    @staticmethod
+    def _cost(item):
+        data = item.get("data")
+        return FRAME_COST + (len(data) if isinstance(data, str) else 0)
+
+    def put(self, item):
+        """Queue a reply or frame; False when the backlog would grow past its bound."""
+        cost = self._cost(item)
+        with self._ready:
+            if self._size and self._size + cost > MAX_STREAM_BACKLOG:
+                return False
+            self._items.append(item)
+            self._size += cost
+            self._ready.notify()
+        return True
+
+    def fail(self, reply, discard=False):
+        with self._ready:
+            if self._failure is None:
+                self._failure = reply
+            if discard:
+                self._items.clear()
+                self._size = 0
+            self._ready.notify()
+
+    def get(self, timeout):
+        """The next item (the failure once nothing else is queued), or None after `timeout`."""
+        with self._ready:
+            if not self._items and self._failure is None:
+                self._ready.wait(timeout)
+            if self._items:
+                item = self._items.popleft()
+                self._size -= self._cost(item)
+                return item
+            return self._failure

@@ -1,18 +1,29 @@
 """The one interface through which the master reaches a node.
 
 Owns: what the master may ask of a node (describe itself, start, signal and release a job,
-re-adopt jobs after a restart, open a job's output). The master's own host is a LocalNodeLink
-to an in-process NodeAgent; a remote host gets the same interface over TLS (RemoteNodeLink), so
-the controller and the master treat both alike. Must not: decide anything.
+re-adopt jobs after a restart, open a job's output), and the streams the master sends back
+through a remote node for its local clients (relayed `srun -i`). The master's own host is a
+LocalNodeLink to an in-process NodeAgent; a remote host gets the same interface over TLS
+(RemoteNodeLink), so the controller and the master treat both alike. Must not: decide anything.
 """
 
+import collections
 import os
+import queue
+import select
+import threading
+import time
 
 from . import errors, protocol
 from .errors import MgpuError
 
 OUTPUT_READ_TIMEOUT = 10.0  # a node's answer to output_read
 LINK_SLICE = 0.5            # a link's thread looks at its outbox at least this often
+# Flow control of relayed streams: a stream's next frame waits while the link's outbox holds
+# STREAM_OUTBOX_BYTES (a slow link or node slows the streams down instead of growing the
+# master's memory), and the stream is given up when it found no room for STREAM_SEND_TIMEOUT.
+STREAM_OUTBOX_BYTES = 4 << 20
+STREAM_SEND_TIMEOUT = 60.0
 
 
 class NodeLink:
@@ -103,12 +114,11 @@ class RemoteNodeLink(NodeLink):
     connection's, in serve()) does all of the link's I/O: an SSL socket is not for two threads
     at once. Others queue messages in the outbox and wake it through a pipe, so a slow or
     vanished host never blocks the master's loop; a send that fails ends the link (the master
-    then waits for the node to reconnect, or declares it down after node_timeout)."""
+    then waits for the node to reconnect, or declares it down after node_timeout). Relayed
+    streams (RelayStream, each on a thread of its own) are the one sender that waits: for room
+    in the outbox, so that their output cannot pile up in the master."""
 
     def __init__(self, name, connection, address, log):
-        import collections
-        import threading
-
         self.name = name
         self.connection = connection
         self.address = address
@@ -117,16 +127,30 @@ class RemoteNodeLink(NodeLink):
         self._reads = {}  # output_read request id -> the queue its stream waits on
         self._reads_lock = threading.Lock()
         self._next_read = 1
-        self._outbox = collections.deque()
+        self._streams = {}  # relay request id -> its RelayStream, while open
+        self._outbox = collections.deque()   # encoded frames, oldest first
+        self._outbox_bytes = 0
         self._outbox_lock = threading.Lock()
+        self._room = threading.Condition(self._outbox_lock)  # notified as the outbox empties
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def _send(self, type_, **fields):
         if self.closed:
             return
+        try:
+            frame = protocol.encode(protocol.node_message(type_, **fields))
+        except MgpuError as e:  # too large to send: the link could not carry it either
+            self.log("node %s: cannot send %s: %s; closing its link" % (self.name, type_, e.message))
+            self.close()
+            return
         with self._outbox_lock:
-            self._outbox.append(protocol.node_message(type_, **fields))
+            self._enqueue(frame)
         self._wake()
+
+    def _enqueue(self, frame):
+        """Append an encoded frame to the outbox (the outbox lock held)."""
+        self._outbox.append(frame)
+        self._outbox_bytes += len(frame)
 
     def _wake(self):
         try:
@@ -137,9 +161,6 @@ class RemoteNodeLink(NodeLink):
     def serve(self, on_message, silence_limit):
         """Send what is queued and pass each message the node sends to `on_message`, until the
         link ends; returns why. `silence_limit`: seconds without a frame from the node."""
-        import select
-        import time
-
         tls = self.connection.sock
         last_heard = time.monotonic()
         while not self.closed:
@@ -148,8 +169,10 @@ class RemoteNodeLink(NodeLink):
                     with self._outbox_lock:
                         if not self._outbox:
                             break
-                        message = self._outbox.popleft()
-                    self.connection.send(message)
+                        frame = self._outbox.popleft()
+                        self._outbox_bytes -= len(frame)
+                        self._room.notify_all()
+                    self.connection.send_raw(frame)
                 wait = silence_limit - (time.monotonic() - last_heard)
                 if wait <= 0:
                     return "no message for %gs" % silence_limit
@@ -213,9 +236,9 @@ class RemoteNodeLink(NodeLink):
 
     def read_output(self, path, user, offset, max_bytes, timeout=OUTPUT_READ_TIMEOUT):
         """Bytes of a job's output file on this node from `offset` (b"" when there is nothing
-        new, the file is not there yet, or the node does not answer in time)."""
-        import queue
-
+        new, the file is not there yet, the node does not answer in time, or the link ends)."""
+        if self.closed:
+            return b""
         waiting = queue.SimpleQueue()
         with self._reads_lock:
             request_id = self._next_read
@@ -239,12 +262,71 @@ class RemoteNodeLink(NodeLink):
         if waiting is not None:
             waiting.put(fields)
 
+    # -- relayed streams (srun -i of a client on the node's host) ---------------------------
+
+    def open_stream(self, request_id):
+        """A RelayStream for a relayed attach, or None when MAX_RELAY_STREAMS are open on this
+        link already (or it is closed, or the id is taken)."""
+        with self._outbox_lock:
+            if self.closed or request_id in self._streams or len(self._streams) >= protocol.MAX_RELAY_STREAMS:
+                return None
+            stream = self._streams[request_id] = RelayStream(self, request_id)
+        return stream
+
+    def cancel_stream(self, request_id):
+        """The node's relay_cancel (its reader thread): that stream ends; an id without an open
+        stream is ignored."""
+        with self._outbox_lock:
+            stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                stream.cancelled = True
+                self._room.notify_all()
+
+    def send_frame(self, stream, frame):
+        """Queue one frame of a relayed stream, waiting while the outbox is full (see
+        STREAM_OUTBOX_BYTES). ConnectionError once the stream is over: cancelled by the node,
+        the link closed, or no room for STREAM_SEND_TIMEOUT (then `stream.given_up` says so)."""
+        data = protocol.encode(protocol.node_message("relay_frame", request_id=stream.request_id, frame=frame))
+        deadline = time.monotonic() + STREAM_SEND_TIMEOUT
+        with self._room:
+            while True:
+                if stream.cancelled or self.closed:
+                    raise ConnectionError("the stream through node %s has ended" % self.name)
+                if not self._outbox_bytes or self._outbox_bytes + len(data) <= STREAM_OUTBOX_BYTES:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    stream.given_up = "the link to node %s stayed full for %g s" % (self.name, STREAM_SEND_TIMEOUT)
+                    raise ConnectionError(stream.given_up)
+                self._room.wait(left)
+            self._enqueue(data)
+        self._wake()
+
+    def end_stream(self, stream):
+        """Forget a stream that has ended; one that was given up tells the node why (one small
+        frame, past the flow control: the node's client must not wait for a frame that never
+        comes)."""
+        with self._outbox_lock:
+            if self._streams.get(stream.request_id) is stream:
+                del self._streams[stream.request_id]
+        if stream.given_up and not stream.cancelled:
+            self._send("relay_frame", request_id=stream.request_id, frame=protocol.error(
+                errors.UNAVAILABLE, "the master stopped streaming this job: %s; the job itself is not "
+                "affected (see 'mgpu queue')" % stream.given_up))
+
     def close(self):
-        """End the link (any thread); serve() returns and dispose() frees the pipe."""
+        """End the link (any thread): serve() returns, its streams end and the reads waiting
+        for it return at once; dispose() frees the pipe."""
         if not self.closed:
             self.closed = True
             self._wake()
             self.connection.close()
+            with self._outbox_lock:
+                self._room.notify_all()
+            with self._reads_lock:
+                waiting = list(self._reads.values())
+            for each in waiting:
+                each.put(None)
 
     def dispose(self):
         """After serve() has returned: free the wake-up pipe."""
@@ -254,3 +336,28 @@ class RemoteNodeLink(NodeLink):
                 os.close(fd)
             except OSError:
                 pass
+
+
+class RelayStream:
+    """The master's end of one relayed attach, connection-like for Master._stream: send(frame)
+    goes to the node as a relay_frame for this request (flow-controlled by the link), and
+    peer_closed() is true once the node cancelled the stream or the link ended."""
+
+    def __init__(self, link, request_id):
+        self.link = link
+        self.request_id = request_id
+        self.cancelled = False
+        self.given_up = None  # why the master gave the stream up (one phrase), or None
+
+    def reply(self, message):
+        """The attach's answer, before any frame."""
+        self.link.relay_reply(self.request_id, message)
+
+    def send(self, frame):
+        self.link.send_frame(self, frame)
+
+    def peer_closed(self):
+        return self.cancelled or self.link.closed
+
+    def close(self):
+        self.link.end_stream(self)

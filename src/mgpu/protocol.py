@@ -28,6 +28,8 @@ string in them free of NUL, and every number and size within its limit:
     queue user, state          at most MAX_FILTER characters
     cancel ids                 at most MAX_CANCEL_IDS, each 1 .. MAX_JOB_ID
     attach job_id              1 .. MAX_JOB_ID
+    nodelist, exclude          at most MAX_NODES_NAMED node names, each a valid node name
+                               (valid_node_name; known to the master: the controller)
     drain, resume node         1 .. MAX_NODE_NAME characters (the controller: valid_node_name)
     drain reason               at most MAX_DRAIN_REASON characters, no control characters
 
@@ -60,6 +62,7 @@ MAX_FILTER = 256                 # characters of queue's user and state filters
 MAX_CANCEL_IDS = 10_000          # job ids in one cancel
 MAX_UMASK = 0o777
 MAX_NODE_NAME = 64               # characters of a node name (see valid_node_name)
+MAX_NODES_NAMED = 1024           # node names in one --nodelist or --exclude
 MAX_DRAIN_REASON = 256           # characters of drain's reason
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -192,7 +195,8 @@ REQUESTS = {
         "output": (_OPT_STR, False), "error": (_OPT_STR, False), "env_setup": (_OPT_STR, False),
         "requeue": ((bool,), False), "warn_signal": (_OPT_INT, False),
         "warn_seconds": (_OPT_INT, False), "umask": (_OPT_INT, False),
-        "interactive": ((bool,), False),
+        "interactive": ((bool,), False), "nodelist": ((list, type(None)), False),
+        "exclude": ((list, type(None)), False),
     },
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
@@ -352,6 +356,16 @@ def _check_submit(fields):
     signum = fields.get("warn_signal")
     if signum is not None and not is_signal(signum):
         _invalid("submit", "warn_signal %s is not a signal" % _show(signum))
+    for name in ("nodelist", "exclude"):
+        names = fields.get(name)
+        if names is None:
+            continue
+        if len(names) > MAX_NODES_NAMED:
+            _invalid("submit", "%s names %d nodes: at most %d" % (name, len(names), MAX_NODES_NAMED))
+        for node in names:
+            if not valid_node_name(node):
+                _invalid("submit", "%s: %s is not a node name (letters, digits, '.', '_', '-'; at most "
+                         "%d characters)" % (name, _show(node), MAX_NODE_NAME))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,12 +379,20 @@ def _check_submit(fields):
 # `output_read` asks a node for a piece of a job's output file (read there as the job's user,
 # regular files of that user only), for `srun -i` of a job on that node; `output_data` answers
 # it (bytes as latin-1 text).
+# A relayed `attach` (srun -i of a client on a node's host) is answered with one `relay_reply`
+# and, when granted, followed by `relay_frame`s for the same request_id: the stream frames a
+# local client gets (status, output, alive), up to and including `end` (or an error reply when
+# the master gives the stream up). The node sends `relay_cancel` when its client goes away,
+# cannot keep up, or hears nothing of the stream for too long; the master ends that stream. At most MAX_RELAY_STREAMS are open per link
+# (a further attach gets one error line); frames or cancels for a request id that has no open
+# stream are ignored, and every stream of a link ends with the link.
 
 MAX_NODE_FRAME = 4 << 20   # a launch carries a job's environment and command
 # MAX_NODE_NAME (above, with the request limits): characters of a node name.
 MAX_REASON = 1000
 MAX_ATTEMPTS_REPORTED = 100_000
 MAX_OUTPUT_READ = 256 * 1024  # bytes of a job's output in one output_read / output_data
+MAX_RELAY_STREAMS = 256       # relayed attach streams open at once on one node link
 PHASES = ("intent", "launched", "started", "exited")
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -397,7 +419,7 @@ NODE_MESSAGES = {
     # node -> master
     "node_register": {"name": (("str", MAX_NODE_NAME), True), "gpus": (("list", MAX_GPUS, _GPU), True),
                       "attempts": (("list", MAX_ATTEMPTS_REPORTED, _REPORTED), True),
-                      "boot_id": (("str?", 64), False)},
+                      "boot_id": (("str?", 64), False), "submit_only": (("bool",), False)},
     "node_heartbeat": {"usage": (("map", MAX_GPUS, ("int", 0, MAX_MEM_MB)), False)},
     "job_started": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True),
                     "sup_pid": (("int?", 0, 1 << 31), False), "sup_start": (("int?", 0, 1 << 62), False),
@@ -413,19 +435,22 @@ NODE_MESSAGES = {
               "request": (("obj", None), True)},
     "output_data": {"request_id": (_JOB_ID, True), "data": (("str", MAX_OUTPUT_READ), True),
                     "state": (("str", 16), True)},
+    "relay_cancel": {"request_id": (_JOB_ID, True)},
     # master -> node
     "output_read": {"request_id": (_JOB_ID, True), "path": (("str", MAX_PATH), True),
                     "user": (("str", 256), True), "offset": (("int", 0, 1 << 62), True),
                     "max_bytes": (("int", 1, MAX_OUTPUT_READ), True)},
     "relay_reply": {"request_id": (_JOB_ID, True), "reply": (("obj", None), True)},
+    "relay_frame": {"request_id": (_JOB_ID, True), "frame": (("obj", None), True)},
     "launch": {"job": (("obj", None), True), "env": (("map", MAX_ENV_ENTRIES, ("str", MAX_COMMAND_BYTES)), True)},
     "signal": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "signum": (("int", 1, MAX_SIGNAL), True)},
     "release": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
     "kill": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
 }
 NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost",
-                            "relay", "output_data"))
-MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill", "relay_reply", "output_read"))
+                            "relay", "relay_cancel", "output_data"))
+MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill", "relay_reply", "relay_frame",
+                            "output_read"))
 OUTPUT_STATES = ("ok", "missing", "refused")  # output_data: read, no such file yet, not readable
 
 
@@ -453,6 +478,8 @@ def check_node_message(message, allowed):
             _bad(type_, "a node name is 1 to %d letters, digits, '.', '_' or '-'" % MAX_NODE_NAME)
         if any(r["phase"] not in PHASES for r in fields["attempts"]):
             _bad(type_, "unknown attempt phase")
+        if fields.get("submit_only") and fields["gpus"]:
+            _bad(type_, "a submit-only node registers no GPUs")
     return type_, fields
 
 

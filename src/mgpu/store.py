@@ -14,7 +14,9 @@ state written by a faulty version, a damaged row) is moved to the `set_aside` ta
 reason, so the master always starts.
 
 Drained nodes (`mgpu drain`) live in the meta table as `drained:NAME` -> reason, so a drain
-outlasts a restart of the master and of the node.
+outlasts a restart of the master and of the node. Nodes on other hosts that have joined live
+there as `node:NAME` -> {gpus, address, submit_only}: after a restart the master knows them (for
+--nodelist, admission and the node table) before they reconnect.
 """
 
 import json
@@ -25,6 +27,8 @@ from .model import Job, JobState
 
 SCHEMA_VERSION = 1
 DRAINED_PREFIX = "drained:"   # meta keys of drained nodes: drained:NAME -> reason
+NODE_PREFIX = "node:"         # meta keys of remote nodes: node:NAME -> JSON of their inventory
+_MAX_NODE_RECORD = 1 << 20
 _MAX_DRAINED_NAME = 64        # protocol.MAX_NODE_NAME
 _MAX_DRAINED_REASON = 256     # protocol.MAX_DRAIN_REASON
 
@@ -90,6 +94,10 @@ def _load_job(record):
         value = fields.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError("%s is not a number" % name)
+    for name in ("nodelist", "exclude"):
+        value = fields.get(name)
+        if value is not None and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
+            raise ValueError("%s is not a list of node names" % name)
     job = Job.from_dict(fields)
     if not isinstance(job.id, int) or job.state not in JobState.ALL:
         raise ValueError("no valid id or state")
@@ -170,10 +178,10 @@ class Store:
             jobs.append(job)
         return jobs
 
-    def write(self, jobs, envs, transitions, next_id, next_seq, drained=None):
+    def write(self, jobs, envs, transitions, next_id, next_seq, drained=None, nodes=None):
         """One durable transaction: changed jobs, new environments, recorded transitions,
-        counters (not written when None), drained nodes ({name: reason, or None when resumed});
-        the environments of jobs that ended are deleted. StoreError when it cannot be written
+        counters (not written when None), drained nodes ({name: reason, or None when resumed}),
+        remote nodes ({name: their record}); the environments of jobs that ended are deleted. StoreError when it cannot be written
         (a full disk): nothing of it is then stored."""
         db = self.db
         try:
@@ -199,6 +207,9 @@ class Store:
                 else:
                     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                (DRAINED_PREFIX + name, reason))
+            if nodes:
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                               [(NODE_PREFIX + name, _encode(record)) for name, record in nodes.items()])
             db.execute("COMMIT")
         except BaseException as e:
             if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
@@ -222,6 +233,26 @@ class Store:
                     and len(value) <= _MAX_DRAINED_REASON and "\0" not in name + value):
                 drained[name] = value
         return drained
+
+    def load_nodes(self):
+        """Remote nodes that joined before: {name: {"gpus": [...], "address": str,
+        "submit_only": bool}}. A row that is not plausible is ignored (the node is then known
+        again when it reconnects)."""
+        nodes = {}
+        rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+                               (len(NODE_PREFIX), NODE_PREFIX)).fetchall()
+        for key, value in rows:
+            name = key[len(NODE_PREFIX):]
+            if not (isinstance(value, str) and 0 < len(name) <= _MAX_DRAINED_NAME and "\0" not in name
+                    and len(value) <= _MAX_NODE_RECORD):
+                continue
+            try:
+                record = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("gpus"), list):
+                nodes[name] = record
+        return nodes
 
     def save_drained(self, changes):
         """One durable transaction: {name: reason} drains a node, {name: None} resumes it.

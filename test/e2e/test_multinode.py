@@ -426,8 +426,9 @@ def test_clients_on_a_node_host_are_relayed_with_their_own_identity(lab):
     assert refused.returncode == 1
     assert refused.stderr == "mgpu: cannot cancel job %d: permission denied: job %d belongs to %s\n" % (job, job, ALICE)
     assert cluster.job(job)["state"] == "RUNNING"
-    streamed = cluster.run(ALICE, "srun", "-i", "--gpus", "0", "--", "true", env=via_n1)
-    assert streamed.returncode == 1 and "srun -i" in streamed.stderr and "master's host" in streamed.stderr
-    assert [j["id"] for j in cluster.queue()["jobs"]] == [job]  # nothing was submitted
+    streamed = cluster.run(ALICE, "srun", "-i", "-q", "--gpus", "0", "--", "sh", "-c", "echo via-n1; exit 3",
+                           env=via_n1)
+    assert (streamed.returncode, streamed.stdout) == (3, "via-n1\n"), streamed.stderr + lab.master.log[-2000:]
+    assert [(j["user"], j["exit_code"]) for j in cluster.queue()["jobs"] if j["id"] != job] == [(ALICE, 3)]
     assert cluster.run(ALICE, "cancel", str(job), env=via_n1).returncode == 0
     cluster.wait_state(job, "CANCELLED")

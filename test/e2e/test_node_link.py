@@ -199,6 +199,118 @@ def test_requests_relayed_by_a_node_carry_its_users_identity(linked):
         result = replies[2]["result"]["results"][0]
         assert result["result"] == "permission_denied" and cluster.job(bobs)["state"] == "RUNNING"
         assert replies[3]["ok"] is False and replies[3]["error"] == "bad_request"
-        assert replies[4]["ok"] is False and "srun -i" in replies[4]["message"]
+        # attach (srun -i) is checked like any request: not someone else's job
+        assert replies[4] == {"ok": False, "error": "permission_denied",
+                              "message": "permission denied: job %d belongs to mgpu-bob" % bobs}
+    finally:
+        node.close()
+
+
+def _stream_of(node, request_id, output=b"", until="end", timeout=20):
+    """The relay_reply and relay_frames the master sends `node` for `request_id`, up to the
+    first frame of type `until`; output_read requests are answered from `output` meanwhile."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "no %s frame for request %d: %r" % (until, request_id, got)
+        type_, fields = node.read(left)
+        if type_ == "output_read":
+            data = output[fields["offset"]:fields["offset"] + fields["max_bytes"]]
+            node.send("output_data", request_id=fields["request_id"], data=data.decode("latin-1"), state="ok")
+        elif type_ == "relay_reply" and fields["request_id"] == request_id:
+            got.append(fields["reply"])
+            if not fields["reply"]["ok"]:
+                return got
+        elif type_ == "relay_frame" and fields["request_id"] == request_id:
+            got.append(fields["frame"])
+            if fields["frame"].get("type") == until or fields["frame"].get("ok") is False:
+                return got
+
+
+def test_a_relayed_attach_streams_the_job_back_through_the_link(linked):
+    cluster, key_path, port = linked
+    node = FakeNode(key_path, port)
+    try:
+        alice = {"user": ALICE, "uid": 4242, "gid": 4242, "home": "/home/elsewhere/alice"}
+        job_id = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c", "echo hello")
+        assert node.read()[0] == "launch"
+        node.send("relay_cancel", request_id=99)  # no such stream: ignored
+        node.send("relay", request_id=7, peer=alice, request=protocol.request("attach", job_id=job_id))
+        node.send("job_started", job_id=job_id, attempt=1, sup_pid=4242, sup_start=1, pgid=4243)
+        running = _stream_of(node, 7, until="status")
+        assert running[0]["ok"] and running[0]["result"]["id"] == job_id
+        # status frames until it runs (the first may show it starting)
+        while running[-1]["job"]["state"] != "RUNNING":
+            running += _stream_of(node, 7, until="status")
+        rest = _stream_of(node, 7, output=b"hello\n", until="output")
+        assert rest[-1] == {"type": "output", "stream": "stdout", "data": "hello\n"}
+        node.send("job_exited", job_id=job_id, attempt=1, exit_code=0, signal=None, error=None)
+        end = _stream_of(node, 7, output=b"hello\n")[-1]
+        assert end["type"] == "end" and end["job"]["state"] == "COMPLETED" and end["job"]["exit_code"] == 0
+        node.send("relay_cancel", request_id=7)  # after its end: nothing left to cancel
+        node.send("node_heartbeat")
+        assert cluster.run(ALICE, "queue").returncode == 0
+        assert "link lost" not in cluster.master.log
+    finally:
+        node.close()
+
+
+def _threads(pid):
+    """Threads of a process and its descendants (a one-file binary runs the master in a child)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % entry) as stat:
+                children.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open("/proc/%d/status" % current) as status:
+                total += int(next(line for line in status if line.startswith("Threads:")).split()[1])
+        except (OSError, StopIteration):
+            continue
+        todo.extend(children.get(current, []))
+    return total
+
+
+def test_relayed_streams_are_bounded_cancelled_and_end_with_their_link(linked):
+    cluster, key_path, port = linked
+    node = FakeNode(key_path, port)
+    limit = protocol.MAX_RELAY_STREAMS
+    try:
+        alice = {"user": ALICE, "uid": 4242, "gid": 4242, "home": "/home/elsewhere/alice"}
+        cluster.submit(ALICE, "--gpus", "2", "--", "sleep", "300")
+        assert node.read()[0] == "launch"
+        waiting = cluster.submit(ALICE, "--gpus", "2", "--", "true")  # pending behind the first
+        before = _threads(cluster.master.pid)
+        for request_id in range(1, limit + 2):
+            node.send("relay", request_id=request_id, peer=alice, request=protocol.request("attach", job_id=waiting))
+        replies = {}
+        while len(replies) < limit + 1:
+            type_, fields = node.read()
+            if type_ == "relay_reply":
+                replies[fields["request_id"]] = fields["reply"]
+        refused = [r for r in replies.values() if not r["ok"]]
+        assert len(refused) == 1 and refused[0] == {
+            "ok": False, "error": "unavailable",
+            "message": "node n1 already streams %d jobs (srun -i) through the master, the most it may; "
+                       "try again later" % limit}
+        assert _threads(cluster.master.pid) >= before + limit - 1
+        # Cancelled streams make room at once.
+        for request_id, reply in replies.items():
+            if reply["ok"]:
+                node.send("relay_cancel", request_id=request_id)
+                break
+        node.send("relay", request_id=limit + 100, peer=alice, request=protocol.request("attach", job_id=waiting))
+        assert _stream_of(node, limit + 100, until="status")[0]["ok"]
+        # The link ends: so do its streams (and their threads).
+        node.close()
+        wait_for(lambda: _threads(cluster.master.pid) <= before + 2, timeout=15,
+                 what="the master's stream threads to end with the link (%d threads, %d before)"
+                      % (_threads(cluster.master.pid), before))
     finally:
         node.close()

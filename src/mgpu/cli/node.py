@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   sudo mgpu node --config /etc/mgpu/mgpu.yaml     options from a file (the default when present)
   sudo mgpu node --master gpu1 --name gpu7 --fake-gpus 2:24000
                                                   try it without GPUs: two fake 24 GB GPUs
+  sudo mgpu node --master gpu1 --submit-only      a login host: its users submit from here, no job runs here
 """
 
 
@@ -33,6 +34,8 @@ def build_parser():
     parser.add_argument("--socket", metavar="PATH", help="UNIX socket for this host's clients, relayed to the master (also MGPU_SOCKET; default /run/mgpu/mgpu.sock as root)")
     parser.add_argument("--state-dir", metavar="DIR", help="where job records are kept (default /var/lib/mgpu as root)")
     parser.add_argument("--fake-gpus", metavar="N[:MB]", help="declare N fake GPUs of MB memory instead of NVML (e.g. 4:81920)")
+    parser.add_argument("--submit-only", action="store_true", default=None,
+                        help="a host without GPUs whose users submit from here: relay their requests, run no job")
     parser.add_argument("--heartbeat-interval", metavar="SECONDS", type=float,
                         help="seconds between heartbeats (default 30; the master's value wins once joined)")
     return parser
@@ -47,6 +50,6 @@ def main(argv):
 
     overrides = {"master": args.master, "key_file": args.key, "node_name": args.name, "socket": args.socket,
                  "state_dir": args.state_dir, "fake_gpus": args.fake_gpus,
-                 "heartbeat_interval": args.heartbeat_interval}
+                 "heartbeat_interval": args.heartbeat_interval, "submit_only": args.submit_only}
     settings = config.load(args.config, overrides)
     return NodeDaemon(settings).run()

@@ -106,7 +106,8 @@ def gpus_table(nodes):
             rows.append([node_cell, str(gpu["index"]), text(gpu["name"]), memory,
                          ",".join(map(str, gpu["jobs"])) or "-"])
         if not node["gpus"]:
-            rows.append([text(node["name"]), "-", "(no GPUs)", "-", "-"])
+            rows.append([text(node["name"]), "-", "(submit only)" if node.get("submit_only") else "(no GPUs)",
+                         "-", "-"])
     return table(headers, rows)
 
 
@@ -119,7 +120,7 @@ def nodes_table(nodes, now):
         used = sum(1 for gpu in node["gpus"] if gpu["jobs"])
         seen = node.get("last_heartbeat")
         rows.append([text(node["name"]), text(node["state"]), text(node.get("address") or "(master)"),
-                     "%d/%d" % (used, len(node["gpus"])),
+                     "submit only" if node.get("submit_only") else "%d/%d" % (used, len(node["gpus"])),
                      "-" if seen is None else "%s ago" % format_duration(now - seen)])
     return table(headers, rows)
 

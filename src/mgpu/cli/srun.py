@@ -10,6 +10,7 @@ from mgpu.client import Client
 from mgpu.errors import MgpuError
 from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_duration, parse_gpu_ids, parse_int,
                         parse_signal_spec)
+from mgpu.protocol import MAX_NODE_NAME, MAX_NODES_NAMED, valid_node_name
 
 STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
 
@@ -22,6 +23,8 @@ EXAMPLES = """examples:
   mgpu srun -- python train.py                          1 GPU, output in ~/.mgpu/logs/N.out
   mgpu srun --gpus 4 --time-limit 2:00:00 -- torchrun --nproc-per-node 4 train.py
   mgpu srun --gpu-ids 0,2 --name eval -- python eval.py   exactly GPUs 0 and 2
+  mgpu srun --nodelist gpu3 --gpu-ids 1 -- python eval.py   GPU 1 of host gpu3
+  mgpu srun --gpus 2 --exclude gpu1,gpu2 -- python train.py  on any host but gpu1 and gpu2
   mgpu srun --mem 20000 -- python small.py               share a GPU: 20000 MB of it
   mgpu srun -i --gpus 1 -- nvidia-smi -L                 wait, stream output, exit with its code
   mgpu srun --env-setup-cmd 'source venv/bin/activate' --output run-%j.log -- python train.py
@@ -34,6 +37,8 @@ def build_parser():
                description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", "-G", metavar="N", help="number of GPUs (default 1; 0 for none)")
     p.add_argument("--gpu-ids", metavar="LIST", help="exact physical GPUs, e.g. 0,2 (as nvidia-smi numbers them)")
+    p.add_argument("--nodelist", "-w", metavar="NODES", help="run on one of these hosts (comma-separated node names, see 'mgpu queue')")
+    p.add_argument("--exclude", "-x", metavar="NODES", help="never run on these hosts (comma-separated node names)")
     p.add_argument("--mem", metavar="MB", help="memory per GPU (MB, or with a G suffix); a GPU may then be shared")
     p.add_argument("--time-limit", "-t", metavar="TIME", help="seconds or [D-]HH:MM:SS; SIGTERM then SIGKILL when reached")
     p.add_argument("--signal", nargs="?", const="", metavar="[SIG][@SECONDS]",
@@ -69,6 +74,21 @@ def parse_mem(text):
     return int(text) * factor
 
 
+def parse_node_list(text, option):
+    """`a,b` -> ["a", "b"]: node names (protocol.valid_node_name), at most MAX_NODES_NAMED;
+    ValueError otherwise."""
+    names = [name.strip() for name in text.split(",")]
+    if not any(names):
+        raise ValueError("%s needs node names, e.g. %s gpu1,gpu2" % (option, option))
+    if len(names) > MAX_NODES_NAMED:
+        raise ValueError("%s names %d nodes: at most %d" % (option, len(names), MAX_NODES_NAMED))
+    for name in names:
+        if not valid_node_name(name):
+            raise ValueError("%s: %r is not a node name (letters, digits, '.', '_', '-'; at most %d "
+                             "characters)" % (option, name[:MAX_NODE_NAME + 1], MAX_NODE_NAME))
+    return names
+
+
 def build_request(args, parser):
     command = list(args.command)
     if command and command[0] == "--":
@@ -92,6 +112,10 @@ def build_request(args, parser):
             fields["time_limit"] = parse_duration(args.time_limit)
         if args.signal is not None:
             fields["warn_signal"], fields["warn_seconds"] = parse_signal_spec(args.signal)
+        for name in ("nodelist", "exclude"):
+            value = getattr(args, name)
+            if value is not None:
+                fields[name] = parse_node_list(value, "--" + name)
     except ValueError as e:
         raise MgpuError(errors.INVALID_ARGUMENT, str(e)) from None
     cwd = os.path.abspath(args.chdir) if args.chdir else os.getcwd()
@@ -144,6 +168,8 @@ def follow(client, job_id, quiet):
         announced = None
         while True:
             frame = client.read(STREAM_READ_TIMEOUT)
+            if frame.get("ok") is False:  # cut short: the relaying node lost its master, say
+                raise MgpuError(frame.get("error", errors.INTERNAL), frame.get("message", "the stream ended"))
             kind = frame.get("type")
             if kind == "output":
                 stream = err if frame.get("stream") == "stderr" else out
