@@ -376,8 +376,8 @@ class NodeDaemon:
 
     def _reconcile(self, reported, keep):
         """After the master's keep: end (fenced) and forget every attempt it does not keep;
-        report again the end of kept attempts that ended (a report sent before a cut may not
-        have arrived; duplicates are ignored)."""
+        report again the start or end of kept attempts that started or ended (a report sent
+        before a cut may not have arrived; duplicates are ignored)."""
         killed = 0
         for item in reported:
             pair = (item["job_id"], item["attempt"])
@@ -385,8 +385,8 @@ class NodeDaemon:
                 if item["phase"] != "exited":
                     killed += 1
                 self.agent.kill_attempt(*pair)
-            elif item["phase"] == "exited":
-                event = self.agent.recorded_exit(*pair)
+            elif item["phase"] in ("started", "exited"):
+                event = self.agent.recorded_report(*pair)
                 if event is not None:
                     self._post(report_message(event))
         if killed:

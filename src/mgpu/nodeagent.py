@@ -261,14 +261,20 @@ class NodeAgent:
             found.append({"job_id": job_id, "attempt": attempt, "phase": phase or "intent"})
         return found
 
-    def recorded_exit(self, job_id, attempt):
-        """The job_exited event of an attempt whose record says it ended, else None."""
+    def recorded_report(self, job_id, attempt):
+        """What an attempt's record says to report: its job_exited event when it ended, its
+        job_started event when it started, else None."""
         record = launcher.read_record(self.record_path(job_id, attempt))
-        if launcher.record_phase(record) != "exited":
-            return None
-        return {"kind": "job_exited", "node": self.name, "job_id": job_id, "attempt": attempt,
-                "exit_code": record.get("exit_code"), "signal": record.get("signal"),
-                "error": record.get("error")}
+        phase = launcher.record_phase(record)
+        if phase == "exited":
+            return {"kind": "job_exited", "node": self.name, "job_id": job_id, "attempt": attempt,
+                    "exit_code": record.get("exit_code"), "signal": record.get("signal"),
+                    "error": record.get("error")}
+        if phase == "started":
+            return {"kind": "job_started", "node": self.name, "job_id": job_id, "attempt": attempt,
+                    "sup_pid": record.get("sup_pid"), "sup_start": record.get("sup_start"),
+                    "pgid": record.get("pgid")}
+        return None
 
     def adopt(self, jobs):
         """After a restart: take over the jobs the store says run here. Each is still running

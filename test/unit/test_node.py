@@ -296,6 +296,22 @@ def test_a_restarted_node_adopts_its_running_job_and_reports_it(cluster, tmp_pat
     assert again.expect("job_exited", job_id=21, attempt=1, timeout=15)["exit_code"] == 6
 
 
+def test_after_a_cut_link_a_kept_job_is_reported_started_again(cluster, tmp_path):
+    master, start = cluster
+    start()
+    link = master.next_link()
+    link.send("launch", job=job_record(tmp_path, 22, ["sh", "-c", "sleep 2; exit 4"]),
+              env={"PATH": os.environ["PATH"]})
+    first = link.expect("job_started", job_id=22, attempt=1)
+    master.keep = [(22, 1)]
+    link.connection.close()  # the report may have been lost with this link: it is sent again
+    again = master.next_link()
+    assert [(a["job_id"], a["phase"]) for a in again.registration["attempts"]] == [(22, "started")]
+    started = again.expect("job_started", job_id=22, attempt=1, timeout=5)
+    assert (started["pgid"], started["sup_pid"]) == (first["pgid"], first["sup_pid"])
+    assert again.expect("job_exited", job_id=22, attempt=1, timeout=15)["exit_code"] == 4
+
+
 def test_a_wrong_key_is_logged_once_and_retried(cluster, key_files):
     master, start = cluster
     node = start(key=key_files[1])
