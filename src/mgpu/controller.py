@@ -475,6 +475,12 @@ class Controller:
         still = "" if drained is None else " (drained: %s)" % _shown(drained)
         what = "submit only (runs no jobs)" if submit_only else _plural(len(gpus), "GPU")
         actions = [Log("node %s up%s with %s%s" % (name, where, what, still))]
+        # A stop of a job there may have been lost with the link: say it again (SIGKILL once
+        # its grace is over). A signal for an attempt the node no longer has is ignored there.
+        for job in self.running.values():
+            if job.node == name and job.stop_cause is not None:
+                signum = SIGKILL if job.stop_deadline is None else SIGTERM
+                actions.append(SignalJob(name, job.id, job.attempt, signum))
         if address is not None:
             record = {"gpus": [g.to_dict() for g in gpus], "address": address, "submit_only": submit_only}
             for g in record["gpus"]:

@@ -204,3 +204,26 @@ def test_a_job_with_node_lists_survives_the_store(tmp_path):
     active, _, _, _ = store.load(10)
     assert (active[0].nodelist, active[0].exclude) == (("n2",), ("n1",))
     store.close()
+
+
+# -- a stop lost with a node's link -------------------------------------------------------------
+
+def test_a_stop_lost_with_the_link_is_sent_again_when_the_node_returns():
+    from mgpu.controller import SignalJob
+    c = Controller(Settings(kill_grace=10))
+    remote_up(c, "gpu7", gpus=1)
+    job_id = submitted(c)
+    assert started(c.schedule(T0)) == [(job_id, "gpu7")]
+    c.handle({"kind": "job_started", "node": "gpu7", "job_id": job_id, "attempt": 1,
+              "sup_pid": 10, "sup_start": 1, "pgid": 11}, T0)
+    request(c, "cancel", {"ids": [job_id]}, ALICE, T0 + 1)
+    c.handle({"kind": "node_unreachable", "name": "gpu7"}, T0 + 2)  # the SIGTERM may be lost
+    again = [a for a in remote_up(c, "gpu7", gpus=1, now=T0 + 3) if isinstance(a, SignalJob)]
+    assert [(a.node, a.job_id, a.attempt, a.signum) for a in again] == [("gpu7", job_id, 1, 15)]
+    c.advance(T0 + 12)  # the grace is over: SIGKILL (lost too)
+    again = [a for a in remote_up(c, "gpu7", gpus=1, now=T0 + 13) if isinstance(a, SignalJob)]
+    assert [a.signum for a in again] == [9]
+    c.handle({"kind": "job_exited", "node": "gpu7", "job_id": job_id, "attempt": 1, "exit_code": 137,
+              "signal": 9}, T0 + 14)
+    assert next(r for r in queue(c, all=True)["jobs"] if r["id"] == job_id)["state"] == JobState.CANCELLED
+    assert not [a for a in remote_up(c, "gpu7", gpus=1, now=T0 + 15) if isinstance(a, SignalJob)]
