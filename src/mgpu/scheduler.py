@@ -743,13 +743,7 @@ def _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now, allowed=None):
     if allowed is not None:
         reason = _restricted_head_reason(cluster, count, gpu_ids, mem_mb, allowed)
     elif gpu_ids is not None:
-        node_gpus = cluster._node_with_ids(gpu_ids, mem_mb)
-        busy = [i for i in gpu_ids if not node_gpus.slot_usable(node_gpus.slot_of[i], mem_mb)]
-        if mem_mb is not None:
-            wanted = "%s with %d MB free%s" % (_gpu_word(gpu_ids), mem_mb,
-                                               " each" if len(gpu_ids) > 1 else "")
-        else:
-            wanted = _gpu_word(gpu_ids)
+        wanted, busy = _ids_wanted_and_busy(cluster._node_with_ids(gpu_ids, mem_mb), gpu_ids, mem_mb)
         if len(gpu_ids) == 1:
             reason = "Resources: needs %s (busy)" % wanted
         else:
@@ -769,19 +763,22 @@ def _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now, allowed=None):
     return reason
 
 
+def _ids_wanted_and_busy(node_gpus, gpu_ids, mem_mb):
+    """For a head asking for exact GPUs: the words for what it wants, and which of them are
+    busy on the node that has them."""
+    busy = [i for i in gpu_ids if not node_gpus.slot_usable(node_gpus.slot_of[i], mem_mb)]
+    if mem_mb is None:
+        return _gpu_word(gpu_ids), busy
+    return "%s with %d MB free%s" % (_gpu_word(gpu_ids), mem_mb, " each" if len(gpu_ids) > 1 else ""), busy
+
+
 def _restricted_head_reason(cluster, count, gpu_ids, mem_mb, allowed):
     """What a head limited to some nodes waits for, said of those nodes only."""
     nodes = allowed.nodes
     single = nodes[0].name if len(nodes) == 1 else None
     where = " on node %s" % single if single else " on one of the nodes it may use"
     if gpu_ids is not None:
-        node_gpus = cluster._node_with_ids(gpu_ids, mem_mb, nodes)
-        busy = [i for i in gpu_ids if not node_gpus.slot_usable(node_gpus.slot_of[i], mem_mb)]
-        if mem_mb is not None:
-            wanted = "%s with %d MB free%s" % (_gpu_word(gpu_ids), mem_mb,
-                                               " each" if len(gpu_ids) > 1 else "")
-        else:
-            wanted = _gpu_word(gpu_ids)
+        wanted, busy = _ids_wanted_and_busy(cluster._node_with_ids(gpu_ids, mem_mb, nodes), gpu_ids, mem_mb)
         if len(gpu_ids) == 1:
             return "Resources: needs %s%s (busy)" % (wanted, where)
         return "Resources: needs %s%s (%s busy)" % (wanted, where, ",".join(map(str, busy)))

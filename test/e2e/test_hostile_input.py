@@ -4,7 +4,6 @@ serving every user, also after a restart."""
 
 import json
 import os
-import socket
 import subprocess
 
 import pytest

@@ -12,6 +12,7 @@ from mgpu.model import JobState, NodeState
 from mgpu.store import Store
 
 from test_controller import ALICE, ROOT, T0, gpu_dicts, make, queue, refused, request, submit, submitted
+from test_controller_drain import check_fails
 
 
 def started(actions):
@@ -28,14 +29,6 @@ def reason(c, job_id):
 
 
 # -- the protocol's edge ------------------------------------------------------------------------
-
-def check_fails(message, code):
-    with pytest.raises(MgpuError) as caught:
-        protocol.check_request(message)
-    assert caught.value.code == code, caught.value.message
-    assert "\n" not in caught.value.message
-    return caught.value.message
-
 
 @pytest.mark.parametrize("field", ["nodelist", "exclude"])
 @pytest.mark.parametrize("value", ["n1", 5, {"n1": 1}, True])

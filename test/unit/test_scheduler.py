@@ -368,11 +368,11 @@ def test_head_reason_on_many_nodes_names_the_best_node():
     assert decided.waiting[1] == "Resources: needs 4 GPUs on one node, at most 2 free on any"
 
 
-@pytest.mark.parametrize("policy", scheduler.POLICIES)
-def test_a_random_pass_never_overcommits_a_gpu_nor_touches_the_reservation(policy):
-    rng = random.Random(7)
+def random_cluster(rng, size, down_every):
+    """`size` nodes of 2, 4 or 8 GPUs (every down_every-th down, some GPUs partly used outside
+    mgpu), about half of the GPUs held by running jobs (some --mem, some with a time limit)."""
     nodes = [node("n%d" % i, rng.choice((2, 4, 8)), external_mb={0: rng.choice((0, 30000))},
-                  state=NodeState.UP if i % 7 else NodeState.DOWN) for i in range(20)]
+                  state=NodeState.UP if i % down_every else NodeState.DOWN) for i in range(size)]
     busy = []
     for n in nodes:
         for i in range(len(n.gpus)):
@@ -380,6 +380,13 @@ def test_a_random_pass_never_overcommits_a_gpu_nor_touches_the_reservation(polic
                 busy.append(running(1000 + len(busy), n.name, (i,),
                                     mem_mb=rng.choice((None, 20000)),
                                     time_limit=rng.choice((None, 200, 5000))))
+    return nodes, busy
+
+
+@pytest.mark.parametrize("policy", scheduler.POLICIES)
+def test_a_random_pass_never_overcommits_a_gpu_nor_touches_the_reservation(policy):
+    rng = random.Random(7)
+    nodes, busy = random_cluster(rng, 20, down_every=7)
     jobs = []
     for job_id in range(1, 300):
         gpu_ids = tuple(sorted(rng.sample(range(4), 2))) if rng.random() < 0.05 else None
@@ -776,15 +783,7 @@ def test_a_limited_request_is_not_settled_as_the_same_count_anywhere():
 @pytest.mark.parametrize("size", [6, 20])
 def test_a_nodelist_of_every_node_decides_like_no_nodelist(policy, size):
     rng = random.Random(size)
-    nodes = [node("n%d" % i, rng.choice((2, 4, 8)), external_mb={0: rng.choice((0, 30000))},
-                  state=NodeState.UP if i % 5 else NodeState.DOWN) for i in range(size)]
-    busy = []
-    for n in nodes:
-        for i in range(len(n.gpus)):
-            if rng.random() < 0.5:
-                busy.append(running(1000 + len(busy), n.name, (i,),
-                                    mem_mb=rng.choice((None, 20000)),
-                                    time_limit=rng.choice((None, 200, 5000))))
+    nodes, busy = random_cluster(rng, size, down_every=5)
     plain = []
     for job_id in range(1, 200):
         gpu_ids = tuple(sorted(rng.sample(range(4), 2))) if rng.random() < 0.1 else None
