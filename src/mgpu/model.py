@@ -149,7 +149,7 @@ class Node:
 # Fields of a Job that are persisted and reported, in a stable order.
 JOB_FIELDS = (
     "id", "user", "uid", "gid", "name", "command", "cwd", "output", "error", "env_setup",
-    "gpus", "gpu_ids", "mem_mb", "nodelist", "exclude", "time_limit", "priority", "requeue", "warn_signal",
+    "gpus", "gpu_ids", "mem_mb", "nodelist", "exclude", "nnodes", "node_gpu_ids", "parts", "time_limit", "priority", "requeue", "warn_signal",
     "warn_seconds", "submit_time", "queue_seq", "state", "reason", "exit_code", "start_time",
     "end_time", "node", "alloc", "attempt", "restarts", "sup_pid", "sup_start", "pgid",
     "stop_cause", "stop_deadline", "warned", "umask",
@@ -177,6 +177,20 @@ class Job:
             self.gpus = len(self.gpu_ids)
         self.nodelist = tuple(self.nodelist) if self.nodelist else None
         self.exclude = tuple(self.exclude) if self.exclude else None
+        # A job on several hosts: nnodes hosts with `gpus` GPUs each, or exact GPUs per host
+        # (node_gpu_ids: ((name, (ids...)), ...) in rank order); once placed, `parts` holds
+        # ((name, (ids...)), ...) in rank order. None for a one-host job.
+        if self.node_gpu_ids:
+            self.node_gpu_ids = tuple((name, tuple(ids)) for name, ids in self.node_gpu_ids)
+            self.nnodes = len(self.node_gpu_ids)
+        else:
+            self.node_gpu_ids = None
+        self.parts = tuple((name, tuple(ids)) for name, ids in self.parts) if self.parts else None
+
+    @property
+    def multi_host(self):
+        """Whether this job runs on several hosts at once."""
+        return bool(self.nnodes and self.nnodes > 1)
 
     @property
     def request(self):

@@ -65,7 +65,7 @@ def _check_value(value, depth=0):
     elif isinstance(value, (int, float)):
         if not -_MAX_NUMBER <= value <= _MAX_NUMBER:  # also rejects NaN
             raise ValueError("number out of range")
-    elif isinstance(value, (list, tuple)) and depth < 2:
+    elif isinstance(value, (list, tuple)) and depth < 3:  # parts: [[name, [ids]], ...]
         for item in value:
             _check_value(item, depth + 1)
     else:
