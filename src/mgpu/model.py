@@ -149,7 +149,8 @@ class Node:
 # Fields of a Job that are persisted and reported, in a stable order.
 JOB_FIELDS = (
     "id", "user", "uid", "gid", "name", "command", "cwd", "output", "error", "env_setup",
-    "gpus", "gpu_ids", "mem_mb", "nodelist", "exclude", "nnodes", "node_gpu_ids", "parts", "time_limit", "priority", "requeue", "warn_signal",
+    "gpus", "gpu_ids", "mem_mb", "nodelist", "exclude", "nnodes", "node_gpu_ids", "parts", "part_status",
+    "master_port", "launch_failures", "distributed", "mpi", "time_limit", "priority", "requeue", "warn_signal",
     "warn_seconds", "submit_time", "queue_seq", "state", "reason", "exit_code", "start_time",
     "end_time", "node", "alloc", "attempt", "restarts", "sup_pid", "sup_start", "pgid",
     "stop_cause", "stop_deadline", "warned", "umask",
@@ -186,6 +187,11 @@ class Job:
         else:
             self.node_gpu_ids = None
         self.parts = tuple((name, tuple(ids)) for name, ids in self.parts) if self.parts else None
+        # Per part (rank order) of the current attempt: None (launch sent), "started", or
+        # [exit_code, signal] once it ended. master_port: chosen on the rank-0 host at launch.
+        self.part_status = list(self.part_status) if self.part_status else None
+        if self.launch_failures is None:
+            self.launch_failures = 0
 
     @property
     def multi_host(self):
