@@ -5,7 +5,8 @@ Run: PYTHONPATH=src python bench/bench_scheduler.py [--runs N]
 a quarter sharing with --mem, a few exact GPU ids and GPU-less jobs, random priorities and
 time limits), on (a) an empty cluster and (b) one about 90% busy with running jobs; then the
 same queue with some jobs limited to some nodes (10% with a --nodelist of 1-4 nodes, 2% with
-an --exclude of 1-2 nodes).
+an --exclude of 1-2 nodes); then the same queue with a tenth of the jobs on several hosts
+(2-4 hosts x 2-8 GPUs each, a few of them on exact GPUs of named hosts).
 """
 
 import argparse
@@ -66,6 +67,27 @@ def limit_some(pending, rng, nodes, nodelist_share=0.10, exclude_share=0.02):
     return limited
 
 
+def spread_some(pending, rng, nodes, share=0.10, exact_share=0.05):
+    """The same queue with `share` of the jobs on several hosts: 2-4 hosts with 2-8 GPUs each
+    (their --mem kept), `exact_share` of those on exact GPUs of named hosts instead."""
+    names = [node.name for node in nodes]
+    spread = []
+    for job in pending:
+        fields = job.to_dict()
+        if rng.random() < share:
+            hosts = rng.randint(2, 4)
+            fields["gpu_ids"] = None
+            if rng.random() < exact_share:
+                fields["node_gpu_ids"] = [
+                    (name, sorted(rng.sample(range(GPUS_PER_NODE), rng.randint(1, 4))))
+                    for name in rng.sample(names, hosts)]
+            else:
+                fields["nnodes"] = hosts
+                fields["gpus"] = rng.randint(2, 8)
+        spread.append(Job.from_dict(fields))
+    return spread
+
+
 def build_running(rng, nodes, busy_fraction):
     """Running jobs covering about busy_fraction of the GPUs, some of them shared."""
     running = []
@@ -104,11 +126,12 @@ def measure(label, pending, nodes, running, policy, runs, queue="pending"):
         decided = scheduler.schedule(pending, nodes, running, NOW, policy)
         timings.append((time.perf_counter() - began) * 1000.0)
     in_use = len({(job.node, index) for job in running for index in job.alloc})
+    on_hosts = sum(1 for _, placed in decided.starts if isinstance(placed, tuple))
     print("scheduler pass, %d %s, %dx%d GPUs, %s, %s: median %.1f ms (best %.1f ms), "
-          "%d started; %d running on %d GPUs"
+          "%d started%s; %d running on %d GPUs"
           % (len(pending), queue, NODES, GPUS_PER_NODE, label, policy,
-             statistics.median(timings), min(timings), len(decided.starts), len(running),
-             in_use))
+             statistics.median(timings), min(timings), len(decided.starts),
+             " (%d on several hosts)" % on_hosts if on_hosts else "", len(running), in_use))
 
 
 def main():
@@ -137,6 +160,11 @@ def main():
     for policy in scheduler.POLICIES:
         measure("empty cluster", limited, nodes, [], policy, args.runs, queue)
         measure("~90% busy", limited, nodes, busy, policy, args.runs, queue)
+    spread = spread_some(pending, random.Random(20240603), nodes)
+    queue = "pending (10% on 2-4 hosts)"
+    for policy in scheduler.POLICIES:
+        measure("empty cluster", spread, nodes, [], policy, args.runs, queue)
+        measure("~90% busy", spread, nodes, busy, policy, args.runs, queue)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,14 @@ the queue), so most of a long queue costs one dict lookup per job. A job limited
 (--nodelist, --exclude) is remembered under its limits as well; it looks only at the few nodes
 it may use, or walks the buckets skipping the few it may not, so it never scans the cluster.
 bench/bench_scheduler.py measures it.
+
+Jobs on several hosts (gangs): a job with nnodes > 1 needs that many distinct up hosts at once,
+each with `gpus` usable GPUs, or exactly its node_gpu_ids; it starts only when every host fits
+in the same pass, so it never holds some hosts while it waits for others. Hosts are chosen by
+the policy per host (fill_first: best fit, spread: most usable first) from the same buckets.
+As the backfill head its reservation covers all its hosts, so small jobs cannot keep taking
+the GPUs it waits for. A running gang holds GPUs on every host of its `parts`. Gangs are a
+minority: what cannot start is remembered under the whole request, as for one host.
 """
 
 from bisect import bisect_left, insort
@@ -43,11 +51,14 @@ def queue_order_key(job):
 class SchedulePass:
     """What one pass decided.
 
-    starts: (job, Allocation) in the order decided. waiting: job id -> reason for every pending
-    job that does not start. order: ids of all pending jobs given, in queue order.
+    starts: in the order decided, (job, Allocation) for a job on one host, and for a job on
+    several hosts (job.multi_host) (job, allocations): a tuple of Allocation, one per host in
+    rank order (rank 0 first: for fill_first the best-fit host, for node_gpu_ids the order
+    given). waiting: job id -> reason for every pending job that does not start. order: ids
+    of all pending jobs given, in queue order.
     head: id of the job holding the backfill reservation (or None), shadow_time: when it will
     start at the latest (inf when it waits on jobs without a time limit), reserved: the
-    (node name, GPU index) pairs set aside for it.
+    (node name, GPU index) pairs set aside for it, on every host it will use.
     """
 
     __slots__ = ("starts", "waiting", "order", "head", "shadow_time", "reserved")
@@ -276,6 +287,16 @@ class _ByUsable:
                     return pos
         return None
 
+    def walk(self, count, fill_first):
+        """The positions of the nodes with at least `count` usable GPUs, in the order the
+        policy prefers them (fill_first: fewest usable first; spread: most), ties by list
+        order. For a job on several hosts, which takes the first few; nothing may be granted
+        while it walks."""
+        buckets = self.buckets
+        most = self.most
+        for usable in range(count, most + 1) if fill_first else range(most, count - 1, -1):
+            yield from buckets[usable]
+
 
 # Beyond this many distinct --mem sizes in one pass, further sizes scan the nodes instead of
 # keeping an index each (every grant updates every index).
@@ -341,19 +362,25 @@ class _Cluster:
                 by_name[node.name] = node_gpus
         self.by_name = by_name
         self.max_gpus = max((len(n.indices) for n in self.nodes), default=0)
-        # What the backfill simulation releases: (end or None, start, node position, slots,
-        # mem_mb) for every running job, then for every job this pass starts before the head.
+        # What the backfill simulation releases: (end or None, start, places, mem_mb) for every
+        # running job, then for every job this pass starts before the head; places holds
+        # (node position, slots) for each of its hosts, which it frees together.
         self.releases = []
         for job in running:
-            node_gpus = by_name.get(job.node)
-            if node_gpus is None:
-                continue  # on a node that is down: its GPUs are not usable anyway
-            slot_of = node_gpus.slot_of
-            slots = [slot_of[i] for i in job.alloc if i in slot_of]
-            node_gpus.hold(slots, job.mem_mb)
-            start = job.start_time
-            end = start + job.time_limit if start is not None and job.time_limit else None
-            self.releases.append((end, start, node_gpus.pos, slots, job.mem_mb))
+            places = []
+            # A job on several hosts holds GPUs on every host of its parts.
+            for name, alloc in job.parts or ((job.node, job.alloc),):
+                node_gpus = by_name.get(name)
+                if node_gpus is None:
+                    continue  # on a node that is down: its GPUs are not usable anyway
+                slot_of = node_gpus.slot_of
+                slots = [slot_of[i] for i in alloc if i in slot_of]
+                node_gpus.hold(slots, job.mem_mb)
+                places.append((node_gpus.pos, slots))
+            if places:
+                start = job.start_time
+                end = start + job.time_limit if start is not None and job.time_limit else None
+                self.releases.append((end, start, tuple(places), job.mem_mb))
         # One index per memory size asked for in this pass; None: exclusive GPUs.
         self.exclusive_index = _ByUsable(None, self.nodes, self.max_gpus)
         # --mem requests are a minority: their indexes catch up on the nodes granted since
@@ -366,6 +393,7 @@ class _Cluster:
         self._ever_fits = {}
         self._best_cap_mb = None
         self._allowed = {}  # (nodelist, exclude) -> _Allowed
+        self._gang_scopes = {}  # (hosts, exact host names, nodelist, exclude) -> _GangScope
 
     @property
     def most_free(self):
@@ -646,6 +674,207 @@ class _Cluster:
         return "Resources: %s has %s with %d MB free%s" % (
             where, _count_word(count), mem_mb, " each" if count > 1 else "")
 
+    # -- jobs on several hosts ----------------------------------------------------------------
+
+    def gang_scope(self, gang):
+        """Where a job on several hosts may go in this pass (see _GangScope), once per limits."""
+        names = None if gang.exact is None else tuple(name for name, _ in gang.exact)
+        key = (gang.hosts, names, gang.nodelist, gang.exclude)
+        scope = self._gang_scopes.get(key)
+        if scope is not None:
+            return scope
+        scope = self._gang_scopes[key] = _GangScope()
+        listed = _listed_hosts(gang.nodelist, gang.exclude)
+        if names is not None:
+            scope.conflict = _exact_hosts_conflict(names, gang.nodelist, gang.exclude)
+            required = names
+        elif listed is not None and (len(listed) >= gang.hosts or not listed):
+            scope.allowed = self.allowed(gang.nodelist, gang.exclude)
+            required = ()
+        else:
+            # A --nodelist naming fewer hosts than it needs: all of them, and the rest elsewhere.
+            required = listed or ()
+            barred = tuple(sorted(frozenset(gang.exclude or ()) | frozenset(required)))
+            scope.allowed = self.allowed(None, barred) if barred else None
+        by_name = self.by_name
+        scope.required = tuple(by_name[name].pos for name in required if name in by_name)
+        scope.down = tuple(name for name in required if name not in by_name)
+        return scope
+
+    def place_gang(self, gang, scope, phantoms=None):
+        """Where a job on several hosts starts now: [(node, slots), ...] in rank order, one per
+        host, or None when they do not all fit (then nothing is taken).
+
+        phantoms: {node position: slots} of the head's reservation that this job may use (it
+        ends before the head starts).
+        """
+        if scope.conflict is not None or scope.down:
+            return None
+        phantoms = phantoms or {}
+        nodes, policy, mem_mb = self.nodes, self.policy, gang.mem_mb
+        if gang.exact is not None:
+            places = []
+            for pos, (_, ids) in zip(scope.required, gang.exact):
+                node_gpus = nodes[pos]
+                slots = node_gpus.pick(len(ids), ids, mem_mb, policy,
+                                       phantoms.get(pos, _NO_PHANTOM))
+                if slots is None:
+                    return None
+                places.append((node_gpus, slots))
+            return places
+        ranked = []
+        for pos in scope.required:
+            rank = self._gang_rank(nodes[pos], gang, phantoms.get(pos, _NO_PHANTOM))
+            if rank is None:
+                return None
+            ranked.append(rank)
+        others = self._best_hosts(gang, gang.hosts - len(ranked), scope.allowed, phantoms)
+        if others is None:
+            return None
+        ranked.extend(others)
+        ranked.sort()
+        return [(nodes[pos], nodes[pos].pick(gang.count, gang.gpu_ids, mem_mb, policy,
+                                             phantoms.get(pos, _NO_PHANTOM)))
+                for _, pos in ranked]
+
+    def _gang_rank(self, node_gpus, gang, phantom):
+        """(policy key, position) of a host that has room for one part of the job now, or None.
+
+        Sorting these puts the host the policy prefers first: fill_first the fewest usable
+        GPUs (best fit), spread the most; exact GPU ids go by list order.
+        """
+        count, mem_mb = gang.count, gang.mem_mb
+        if gang.gpu_ids is not None:
+            if node_gpus.pick(count, gang.gpu_ids, mem_mb, self.policy, phantom) is None:
+                return None
+            return (0, node_gpus.pos)
+        if phantom:
+            slot_usable = node_gpus.slot_usable
+            usable = sum(1 for slot in range(len(node_gpus.indices))
+                         if slot_usable(slot, mem_mb, phantom))
+        else:
+            usable = node_gpus.usable(mem_mb)
+        if usable < count:
+            return None
+        return (usable if self.fill_first else -usable, node_gpus.pos)
+
+    def _best_hosts(self, gang, need, allowed, phantoms):
+        """The ranks of the `need` hosts the policy prefers for the job's parts (among those
+        it may use), or None if fewer have room now.
+
+        Walks the buckets of usable GPUs in the policy's order and stops after `need` hosts,
+        so a job on a few hosts looks at a few; the head's reserved hosts are judged apart.
+        """
+        if need <= 0:
+            return []
+        found = []
+        index = None
+        if gang.gpu_ids is None and (allowed is None or allowed.size > _FEW_ALLOWED):
+            index = self._index_for(gang.mem_mb)
+        if index is not None:
+            fill_first = self.fill_first
+            usable = index.usable
+            for pos in index.walk(gang.count, fill_first):
+                if pos in phantoms or (allowed is not None and pos not in allowed):
+                    continue
+                found.append((usable[pos] if fill_first else -usable[pos], pos))
+                if len(found) == need:
+                    break
+            for pos, phantom in phantoms.items():
+                if allowed is None or pos in allowed:
+                    rank = self._gang_rank(self.nodes[pos], gang, phantom)
+                    if rank is not None:
+                        found.append(rank)
+        else:
+            for node_gpus in self.nodes if allowed is None else allowed.each():
+                rank = self._gang_rank(node_gpus, gang, phantoms.get(node_gpus.pos, _NO_PHANTOM))
+                if rank is not None:
+                    found.append(rank)
+        if len(found) < need:
+            return None
+        found.sort()
+        return found[:need]
+
+    def _index_for(self, mem_mb):
+        """The up-to-date bucket index for this memory size (None: exclusive), or None when
+        the pass keeps no more indexes."""
+        if mem_mb is None:
+            return self.exclusive_index
+        index = self.indexes.get(mem_mb)
+        if index is None:
+            if len(self.indexes) >= _MAX_MEM_INDEXES:
+                return None
+            index = self.indexes[mem_mb] = _ByUsable(mem_mb, self.nodes, self.max_gpus,
+                                                     len(self.granted))
+        elif index.synced < len(self.granted):
+            self._sync(index)
+        return index
+
+    def _fits_part_when_empty(self, node_gpus, gang, ids=None):
+        """Whether one part of the job (exact `ids` for node_gpu_ids) fits this host empty."""
+        if ids is not None:
+            return self._node_with_ids(ids, gang.mem_mb, (node_gpus,)) is not None
+        if gang.gpu_ids is not None:
+            return self._node_with_ids(gang.gpu_ids, gang.mem_mb, (node_gpus,)) is not None
+        return _fits_when_empty(node_gpus, gang.count, gang.mem_mb)
+
+    def gang_ever_fits(self, gang, scope):
+        """Whether the job fits the up hosts (those it may use) once every mgpu job has ended."""
+        if scope.conflict is not None or scope.down:
+            return False
+        nodes = self.nodes
+        if gang.exact is not None:
+            return all(self._fits_part_when_empty(nodes[pos], gang, ids)
+                       for pos, (_, ids) in zip(scope.required, gang.exact))
+        if not all(self._fits_part_when_empty(nodes[pos], gang) for pos in scope.required):
+            return False
+        need = gang.hosts - len(scope.required)
+        if need <= 0:
+            return True
+        for node_gpus in nodes if scope.allowed is None else scope.allowed.each():
+            if self._fits_part_when_empty(node_gpus, gang):
+                need -= 1
+                if not need:
+                    return True
+        return False
+
+    def gang_unfit_reason(self, gang, scope):
+        """Why a job on several hosts cannot run on the up hosts even when they are empty."""
+        nodes = self.nodes
+        if gang.exact is not None:
+            problems = [scope.conflict] if scope.conflict is not None else []
+            problems.extend("%s is not up" % name for name in scope.down)
+            if not problems:
+                for pos, (name, ids) in zip(scope.required, gang.exact):
+                    problems.extend(_part_problems(nodes[pos], name, ids, gang.mem_mb))
+            return "Resources: needs %s (%s)" % (_exact_words(gang.exact, gang.mem_mb),
+                                                 ", ".join(problems))
+        if scope.down:
+            if len(scope.down) == 1:
+                return "Resources: needs host %s, which is not up" % scope.down[0]
+            return "Resources: needs hosts %s, which are not up" % ", ".join(scope.down)
+        for pos in scope.required:
+            if not self._fits_part_when_empty(nodes[pos], gang):
+                return "Resources: host %s never has %s" % (nodes[pos].name,
+                                                             _part_words(gang, free=True))
+        if scope.allowed is not None and not scope.allowed.size and not scope.required:
+            return NO_ALLOWED_NODE_UP
+        need = gang.hosts - len(scope.required)
+        if scope.required:
+            which = " it may use besides %s" % ", ".join(nodes[pos].name for pos in scope.required)
+        elif scope.allowed is not None:
+            which = " it may use"
+        else:
+            which = ""
+        if gang.count == 0 and gang.gpu_ids is None:
+            if need == 1:
+                return "Resources: no host%s is up" % which
+            return "Resources: fewer than %d hosts%s are up" % (need, which)
+        if need == 1:
+            return "Resources: no host%s has %s" % (which or " that is up", _part_words(gang))
+        return "Resources: no %d hosts%s have %s each" % (need, which or " that are up",
+                                                          _part_words(gang))
+
     # -- the backfill reservation -------------------------------------------------------------
 
     def reserve(self, count, gpu_ids, mem_mb, now, allowed=None):
@@ -656,24 +885,9 @@ class _Cluster:
         keeps it from being taken by jobs that would never give it back. A head limited to
         some nodes looks only at what ends on those.
         """
-        releases = sorted((_release_key(end, start, seq), pos, slots, job_mem)
-                          for seq, (end, start, pos, slots, job_mem) in enumerate(self.releases)
-                          if allowed is None or pos in allowed)
+        releases = self._releases_on(allowed)
         twins = {}
-        at = 0
-        while at < len(releases):
-            key = releases[at][0]
-            changed = set()
-            # Jobs ending at the same moment free their GPUs together; "never" ones one by one.
-            while at < len(releases) and (releases[at][0][:2] == key[:2] if key[0] == 0
-                                          else not changed):
-                _, pos, slots, job_mem = releases[at]
-                twin = twins.get(pos)
-                if twin is None:
-                    twin = twins[pos] = self.nodes[pos].copy()
-                twin.hold(slots, job_mem, -1)
-                changed.add(pos)
-                at += 1
+        for key, changed in self._release_steps(releases, twins):
             best = None
             for pos in sorted(changed):
                 twin = twins[pos]
@@ -688,9 +902,124 @@ class _Cluster:
                                      else usable > best[2])):
                     best = (twin, slots, usable)
             if best is not None:
-                shadow = max(key[1], now) if key[0] == 0 else _INFINITY
-                return shadow, self.nodes[best[0].pos], best[1]
+                return _shadow_of(key, now), self.nodes[best[0].pos], best[1]
         return None
+
+    def reserve_gang(self, gang, scope, now):
+        """When and where a job on several hosts would start as running jobs end:
+        (shadow, [(node, slots), ...] in rank order), or None.
+
+        The same simulation as reserve, but the job needs all its hosts at once: the hosts
+        that fit already count, and it ends at the first moment enough of them fit together.
+        Only what ends on hosts it may use is looked at.
+        """
+        nodes = self.nodes
+        required = scope.required
+        if gang.exact is not None:
+            wanted = frozenset(required)
+        elif scope.allowed is None:
+            wanted = None
+        else:
+            wanted = frozenset(required) | frozenset(n.pos for n in scope.allowed.each())
+        if gang.exact is not None:
+            ids_at = {pos: ids for pos, (_, ids) in zip(required, gang.exact)}
+            policy, mem_mb = self.policy, gang.mem_mb
+
+            def rank_of(node_gpus):
+                ids = ids_at[node_gpus.pos]
+                fits = node_gpus.pick(len(ids), ids, mem_mb, policy) is not None
+                return (0, node_gpus.pos) if fits else None
+        else:
+            def rank_of(node_gpus):
+                return self._gang_rank(node_gpus, gang, _NO_PHANTOM)
+        required_set = frozenset(required)
+        need = gang.hosts - len(required)
+        # Which hosts fit in the simulated cluster, kept up to date as jobs end.
+        ranks = {}
+        for node_gpus in nodes if wanted is None else (nodes[pos] for pos in sorted(wanted)):
+            rank = rank_of(node_gpus)
+            if rank is not None:
+                ranks[node_gpus.pos] = rank
+        required_short = sum(1 for pos in required_set if pos not in ranks)
+        others = len(ranks) - (len(required_set) - required_short)
+        twins = {}
+        steps = self._release_steps(self._releases_on(wanted), twins)
+        key = None
+        while required_short or others < need:
+            step = next(steps, None)
+            if step is None:
+                return None
+            key, changed = step
+            for pos in changed:
+                was = pos in ranks
+                rank = rank_of(twins[pos])
+                if rank is None:
+                    ranks.pop(pos, None)
+                else:
+                    ranks[pos] = rank
+                if was != (rank is not None):
+                    if pos in required_set:
+                        required_short += -1 if rank is not None else 1
+                    else:
+                        others += 1 if rank is not None else -1
+        shadow = now if key is None else _shadow_of(key, now)
+        if gang.exact is not None:
+            chosen = list(required)
+        else:
+            rest = sorted(rank for pos, rank in ranks.items() if pos not in required_set)
+            chosen = [pos for _, pos in sorted([ranks[pos] for pos in required] + rest[:need])]
+        places = []
+        for pos in chosen:
+            twin = twins.get(pos, nodes[pos])
+            if gang.exact is not None:
+                ids = ids_at[pos]
+                slots = twin.pick(len(ids), ids, gang.mem_mb, self.policy)
+            else:
+                slots = twin.pick(gang.count, gang.gpu_ids, gang.mem_mb, self.policy)
+            places.append((nodes[pos], slots))
+        return shadow, places
+
+    def _releases_on(self, wanted=None):
+        """What running jobs (and those started before the head) free on the node positions
+        in `wanted` (None: on every node), one entry per host, in the order the simulation
+        frees them: (release key, position, slots, mem_mb)."""
+        releases = []
+        for seq, (end, start, places, job_mem) in enumerate(self.releases):
+            key = None
+            for pos, slots in places:
+                if wanted is None or pos in wanted:
+                    if key is None:
+                        key = _release_key(end, start, seq)
+                    releases.append((key, pos, slots, job_mem))
+        releases.sort()
+        return releases
+
+    def _release_steps(self, releases, twins):
+        """Free `releases` step by step on twins of the nodes (kept in `twins` by position);
+        after each step yield (its release key, the positions it changed).
+
+        Jobs ending at the same moment free their GPUs together; "never" ones one by one, each
+        on all its hosts at once.
+        """
+        at = 0
+        while at < len(releases):
+            key = releases[at][0]
+            changed = set()
+            while at < len(releases) and (releases[at][0][:2] == key[:2] if key[0] == 0
+                                          else releases[at][0] == key):
+                _, pos, slots, job_mem = releases[at]
+                twin = twins.get(pos)
+                if twin is None:
+                    twin = twins[pos] = self.nodes[pos].copy()
+                twin.hold(slots, job_mem, -1)
+                changed.add(pos)
+                at += 1
+            yield key, changed
+
+
+def _shadow_of(key, now):
+    """When the head starts at the latest, from the release key of the step that lets it fit."""
+    return max(key[1], now) if key[0] == 0 else _INFINITY
 
 
 def _fits_when_empty(node_gpus, count, mem_mb):
@@ -707,6 +1036,94 @@ def _release_key(end, start, seq):
     if end is not None:
         return (0, end, seq)
     return (1, start if start is not None else _INFINITY, seq)
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs on several hosts
+
+
+def _holds_several_hosts(job):
+    return bool(job.parts and len(job.parts) > 1) or job.multi_host
+
+
+class _Gang:
+    """What a job on several hosts asks for: `hosts` distinct hosts with `count` GPUs each
+    (exactly `gpu_ids` on each, when given), or exactly `exact`: ((host name, GPU ids), ...) in
+    rank order; `mem_mb` per GPU on every host (None: exclusive GPUs); `nodelist` and `exclude`
+    as given.
+
+    Built from a Job, or from a request that carries nnodes and node_gpu_ids like one.
+    """
+
+    __slots__ = ("hosts", "count", "gpu_ids", "mem_mb", "exact", "nodelist", "exclude")
+
+    def __init__(self, request):
+        exact = getattr(request, "node_gpu_ids", None)
+        self.exact = tuple((name, tuple(ids)) for name, ids in exact) if exact else None
+        self.gpu_ids = tuple(request.gpu_ids) if request.gpu_ids and not exact else None
+        self.count = len(self.gpu_ids) if self.gpu_ids else (request.gpus or 0)
+        self.hosts = len(self.exact) if exact else (getattr(request, "nnodes", None) or 1)
+        self.mem_mb = request.mem_mb
+        self.nodelist = tuple(request.nodelist) if request.nodelist else None
+        self.exclude = tuple(request.exclude) if request.exclude else None
+
+
+class _GangScope:
+    """Where a job on several hosts may go in one pass.
+
+    required: positions of the up hosts it must use (a --nodelist naming fewer hosts than it
+    needs; for node_gpu_ids, its hosts in rank order). allowed: the hosts it may choose the
+    rest among (None: any up host). down: names of hosts it must use that are not up.
+    conflict: why its exact hosts contradict its own --nodelist/--exclude, or None.
+    """
+
+    __slots__ = ("required", "allowed", "down", "conflict")
+
+    def __init__(self):
+        self.required = ()
+        self.allowed = None
+        self.down = ()
+        self.conflict = None
+
+
+def _listed_hosts(nodelist, exclude):
+    """The distinct --nodelist names not excluded, in the order given, or None without one."""
+    if nodelist is None:
+        return None
+    excluded = frozenset(exclude or ())
+    listed = []
+    for name in nodelist:
+        if name not in excluded and name not in listed:
+            listed.append(name)
+    return tuple(listed)
+
+
+def _exact_hosts_conflict(names, nodelist, exclude):
+    """Why the hosts of node_gpu_ids can never satisfy the job's own limits, or None.
+
+    The same rule as for a count of hosts: a --nodelist naming at least as many hosts must
+    contain them all; one naming fewer must be among them; --exclude may name none of them.
+    """
+    seen = set()
+    for name in names:
+        if name in seen:
+            return "host %s is named twice" % name
+        seen.add(name)
+    excluded = frozenset(exclude or ())
+    for name in names:
+        if name in excluded:
+            return "host %s is excluded" % name
+    listed = _listed_hosts(nodelist, exclude)
+    if listed:
+        if len(listed) >= len(names):
+            for name in names:
+                if name not in listed:
+                    return "host %s is not in its --nodelist" % name
+        else:
+            for name in listed:
+                if name not in seen:
+                    return "its --nodelist names %s, which it asks no GPUs on" % name
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -791,6 +1208,67 @@ def _restricted_head_reason(cluster, count, gpu_ids, mem_mb, allowed):
         _count_word(count), mem_mb, " each" if count > 1 else "", where)
 
 
+def _part_words(gang, free=False):
+    """What one part of a job on several hosts needs: `4 GPUs`, `GPUs 0,1`, with `free` or
+    the memory per GPU."""
+    words = _gpu_word(gang.gpu_ids) if gang.gpu_ids is not None else _count_word(gang.count)
+    if gang.mem_mb is not None:
+        return "%s with %d MB free" % (words, gang.mem_mb)
+    return words + " free" if free else words
+
+
+def _exact_words(exact, mem_mb):
+    """`GPUs 0,1 on n1 and GPU 0 on n2`, with the memory per GPU when it shares."""
+    parts = ["%s on %s" % (_gpu_word(ids), name) if ids else "host %s" % name
+             for name, ids in exact]
+    words = parts[0] if len(parts) == 1 else "%s and %s" % (", ".join(parts[:-1]), parts[-1])
+    if mem_mb is not None:
+        many = sum(len(ids) for _, ids in exact) > 1
+        words += " with %d MB free%s" % (mem_mb, " each" if many else "")
+    return words
+
+
+def _part_problems(node_gpus, name, ids, mem_mb):
+    """Why exact GPUs on an up host can never be given: missing GPUs, or too little memory."""
+    missing = [i for i in ids if i not in node_gpus.slot_of]
+    if missing:
+        return ["%s has no %s" % (name, _gpu_word(missing))]
+    if mem_mb is None:
+        return []
+    small = [i for i in ids if node_gpus.cap_mb[node_gpus.slot_of[i]] < mem_mb]
+    if small:
+        return ["%s never has %d MB free on %s" % (name, mem_mb, _gpu_word(small))]
+    return []
+
+
+def _gang_head_reason(cluster, gang, scope, shadow, now):
+    """What a head on several hosts waits for: the hosts still busy, or how many have room."""
+    nodes = cluster.nodes
+    if gang.exact is not None:
+        busy = [name for pos, (name, ids) in zip(scope.required, gang.exact)
+                if nodes[pos].pick(len(ids), ids, gang.mem_mb, cluster.policy) is None]
+        reason = "Resources: needs %s (%s busy)" % (_exact_words(gang.exact, gang.mem_mb),
+                                                    ", ".join(busy))
+    else:
+        which = " it may use" if scope.allowed is not None and not scope.required else ""
+        reason = "Resources: needs %d hosts%s with %s each" % (gang.hosts, which,
+                                                              _part_words(gang, free=True))
+        busy = [nodes[pos].name for pos in scope.required
+                if cluster._gang_rank(nodes[pos], gang, _NO_PHANTOM) is None]
+        if scope.required:
+            reason += ", including %s" % ", ".join(nodes[pos].name for pos in scope.required)
+        if busy:
+            reason += " (%s busy)" % ", ".join(busy)
+        else:
+            room = len(scope.required) + sum(
+                1 for node_gpus in (nodes if scope.allowed is None else scope.allowed.each())
+                if cluster._gang_rank(node_gpus, gang, _NO_PHANTOM) is not None)
+            reason += ", none has" if not room else ", 1 has" if room == 1 else ", %d have" % room
+    if shadow is not None and shadow != _INFINITY:
+        reason += "; expected within %s" % format_duration(shadow - now)
+    return reason
+
+
 # ---------------------------------------------------------------------------------------------
 # The pass
 
@@ -806,6 +1284,61 @@ def _queue_order(pending):
     jobs = sorted(pending, key=attrgetter("queue_seq"))
     jobs.sort(key=attrgetter("priority"), reverse=True)
     return jobs
+
+
+class _Hold:
+    """The one backfill reservation of a pass: when the head job starts at the latest
+    (shadow), the reason of every job that waits behind it, and hosts: (node, slots) on each
+    host it will use, every slot held by a phantom exclusive holder so that nothing else is
+    placed there."""
+
+    __slots__ = ("shadow", "behind", "hosts")
+
+    def __init__(self, job, shadow, hosts):
+        self.shadow = shadow
+        self.behind = "Priority: behind job %s" % job.id
+        self.hosts = tuple((node_gpus, frozenset(slots)) for node_gpus, slots in hosts if slots)
+
+    def admits(self, job, now):
+        """Whether a job ends before the head must start, so it may use the head's GPUs."""
+        time_limit = job.time_limit
+        return bool(time_limit) and now + time_limit <= self.shadow
+
+    def touches(self, allowed):
+        """Whether a job limited to the nodes `allowed` could use a reserved GPU."""
+        for node_gpus, _ in self.hosts:
+            if node_gpus.pos in allowed:
+                return True
+        return False
+
+    def pick(self, count, gpu_ids, mem_mb, policy, allowed):
+        """(node, slots) for a one-host job that may use the reserved GPUs, or (None, None)."""
+        for node_gpus, phantom in self.hosts:
+            if allowed is not None and node_gpus.pos not in allowed:
+                continue
+            slots = node_gpus.pick(count, gpu_ids, mem_mb, policy, phantom)
+            if slots is not None:
+                return node_gpus, slots
+        return None, None
+
+    def phantoms(self):
+        """{node position: reserved slots}, for a job on several hosts that may use them."""
+        return {node_gpus.pos: phantom for node_gpus, phantom in self.hosts}
+
+
+def _take_head(cluster, decided, job, shadow, hosts, reason):
+    """Make `job` the head: record its reservation and reason, and set its GPUs aside."""
+    hold = _Hold(job, shadow, hosts)
+    decided.head = job.id
+    decided.shadow_time = shadow
+    decided.reserved = frozenset((node_gpus.name, node_gpus.indices[slot])
+                                 for node_gpus, slots in hold.hosts for slot in slots)
+    decided.waiting[job.id] = reason
+    for node_gpus, slots in hosts:
+        if slots:
+            # A phantom exclusive holder keeps every later job off the head's GPUs.
+            cluster.grant(node_gpus, slots, None)
+    return hold
 
 
 def schedule(pending, nodes, running, now, policy=FILL_FIRST):
@@ -827,11 +1360,7 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
     exclusive_index = cluster.exclusive_index
     all_nodes = cluster.nodes
     releases = cluster.releases
-    head = None           # the job holding the reservation
-    behind = None         # the reason of every job that waits behind it
-    shadow = None
-    reserved_node = None  # the reservation is on one node: the head needs a single node
-    phantom = _NO_PHANTOM  # its slots there
+    hold = None  # the backfill reservation, once a job waits as the head
     # Requests that cannot start for the rest of the pass (resources only shrink while it
     # walks the queue) -> their reason: most of a long queue is settled by one lookup here.
     # A request limited to some nodes is its own key: 1 GPU on node a is not 1 GPU anywhere.
@@ -840,6 +1369,10 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
     need_reserved = set()
 
     for job in jobs:
+        nnodes = job.nnodes
+        if nnodes is not None and (nnodes > 1 or job.node_gpu_ids):
+            hold = _schedule_gang(job, cluster, decided, hold, settled, need_reserved, now)
+            continue
         restricted = job.nodelist is not None or job.exclude is not None
         if restricted:
             request = (job.gpus, job.gpu_ids, job.mem_mb, job.nodelist, job.exclude)
@@ -853,8 +1386,8 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
             # It fits nowhere without the head's GPUs: only a job that ends before the head
             # must start may use them.
             time_limit = job.time_limit
-            if not time_limit or now + time_limit > shadow:
-                waiting[job.id] = behind
+            if not time_limit or now + time_limit > hold.shadow:
+                waiting[job.id] = hold.behind
                 continue
         gpu_ids = job.gpu_ids or None
         count = len(gpu_ids) if gpu_ids else (job.gpus or 0)
@@ -885,52 +1418,107 @@ def schedule(pending, nodes, running, now, policy=FILL_FIRST):
                 waiting[job.id] = settled[request] = cluster.unfit_reason(count, gpu_ids, mem_mb,
                                                                           allowed)
                 continue
-            elif head is None:
-                head = job
+            elif hold is None:
                 reservation = cluster.reserve(count, gpu_ids, mem_mb, now, allowed)
                 if reservation is not None:
                     shadow, reserved_node, slots = reservation
-                    phantom = frozenset(slots)
-                    decided.reserved = frozenset((reserved_node.name, reserved_node.indices[s])
-                                                 for s in slots)
+                    hosts = ((reserved_node, slots),)
                 else:
-                    shadow = _INFINITY
-                decided.head = job.id
-                decided.shadow_time = shadow
-                waiting[job.id] = _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now,
-                                               allowed)
-                behind = "Priority: behind job %s" % job.id
-                if reserved_node is not None:
-                    # A phantom exclusive holder keeps every later job off the head's GPUs.
-                    cluster.grant(reserved_node, slots, None)
-                else:
-                    settled[request] = behind
+                    shadow, hosts = _INFINITY, ()
+                hold = _take_head(cluster, decided, job, shadow, hosts,
+                                  _head_reason(cluster, count, gpu_ids, mem_mb, shadow, now,
+                                               allowed))
+                if not hold.hosts:
+                    settled[request] = hold.behind
                 continue
-            elif reserved_node is None or (allowed is not None
-                                           and reserved_node.pos not in allowed):
-                waiting[job.id] = settled[request] = behind
+            elif not hold.hosts or (allowed is not None and not hold.touches(allowed)):
+                waiting[job.id] = settled[request] = hold.behind
                 continue
             else:
                 need_reserved.add(request)
                 time_limit = job.time_limit
-                if not time_limit or now + time_limit > shadow:
-                    waiting[job.id] = behind
+                if not time_limit or now + time_limit > hold.shadow:
+                    waiting[job.id] = hold.behind
                     continue
         if node_gpus is None:
-            slots = reserved_node.pick(count, gpu_ids, mem_mb, policy, phantom)
-            if slots is None:
-                waiting[job.id] = settled[request] = behind
+            node_gpus, slots = hold.pick(count, gpu_ids, mem_mb, policy, allowed)
+            if node_gpus is None:
+                waiting[job.id] = settled[request] = hold.behind
                 continue
-            node_gpus = reserved_node
         cluster.grant(node_gpus, slots, mem_mb)
         slots.sort()  # slots follow GPU index order, so the granted indices come out sorted
         indices = node_gpus.indices
         starts.append((job, Allocation(node_gpus.name, tuple([indices[s] for s in slots]),
                                        mem_mb)))
-        if head is None:
+        if hold is None:
             releases.append((now + job.time_limit if job.time_limit else None, now,
-                             node_gpus.pos, slots, mem_mb))
+                             ((node_gpus.pos, slots),), mem_mb))
     return decided
+
+
+def _schedule_gang(job, cluster, decided, hold, settled, need_reserved, now):
+    """Decide one pending job on several hosts (or on exact named hosts): start it on all its
+    hosts at once, make it the head, or give it its reason. Returns the pass's reservation,
+    new if this job became the head.
+
+    The same steps as for a one-host job, on the whole request: what cannot start is settled
+    for the pass; the head reserves GPUs on every host it will use; a later job on several
+    hosts may use reserved GPUs only if it ends before the head must start.
+    """
+    waiting = decided.waiting
+    # The whole request, read straight from the job: most of a long queue stops here.
+    key = ("hosts", job.nnodes, job.gpus, job.gpu_ids, job.mem_mb, job.node_gpu_ids,
+           job.nodelist, job.exclude)
+    reason = settled.get(key)
+    if reason is not None:
+        waiting[job.id] = reason
+        return hold
+    if key in need_reserved and not hold.admits(job, now):
+        waiting[job.id] = hold.behind
+        return hold
+    gang = _Gang(job)
+    scope = cluster.gang_scope(gang)
+    places = None
+    if key not in need_reserved:
+        places = cluster.place_gang(gang, scope)
+        if places is None:
+            if not cluster.gang_ever_fits(gang, scope):
+                waiting[job.id] = settled[key] = cluster.gang_unfit_reason(gang, scope)
+                return hold
+            if hold is None:
+                reservation = cluster.reserve_gang(gang, scope, now)
+                shadow, hosts = reservation if reservation is not None else (_INFINITY, ())
+                hold = _take_head(cluster, decided, job, shadow, hosts,
+                                  _gang_head_reason(cluster, gang, scope, shadow, now))
+                if not hold.hosts:
+                    settled[key] = hold.behind
+                return hold
+            if not hold.hosts:
+                waiting[job.id] = settled[key] = hold.behind
+                return hold
+            need_reserved.add(key)
+            if not hold.admits(job, now):
+                waiting[job.id] = hold.behind
+                return hold
+    if places is None:
+        places = cluster.place_gang(gang, scope, hold.phantoms())
+        if places is None:
+            waiting[job.id] = settled[key] = hold.behind
+            return hold
+    mem_mb = gang.mem_mb
+    allocations = []
+    for node_gpus, slots in places:
+        cluster.grant(node_gpus, slots, mem_mb)
+        slots.sort()
+        indices = node_gpus.indices
+        allocations.append(Allocation(node_gpus.name, tuple([indices[s] for s in slots]),
+                                      mem_mb))
+    decided.starts.append((job, tuple(allocations) if gang.hosts > 1 else allocations[0]))
+    if hold is None:
+        cluster.releases.append((now + job.time_limit if job.time_limit else None, now,
+                                 tuple((node_gpus.pos, slots) for node_gpus, slots in places),
+                                 mem_mb))
+    return hold
 
 
 # ---------------------------------------------------------------------------------------------
@@ -945,6 +1533,11 @@ def time_slice_victims(pending, nodes, running, over_slice, now):
     must stop for it (ties by list order), the longest-running ones are chosen first, and any
     that turn out not to be needed are spared. A job limited to some nodes gains only from
     jobs stopped on those. [] when no waiting job would gain.
+
+    Jobs on several hosts take no part in the switch: a pending one is passed over (it gains
+    no victims; it waits for its hosts as the backfill head or behind it), and a running one
+    holds its GPUs on every host but is never chosen, since stopping it would free GPUs on
+    hosts the waiting job does not use.
     """
     running = list(running)
     known = {job.id for job in running}
@@ -955,6 +1548,8 @@ def time_slice_victims(pending, nodes, running, over_slice, now):
     # Over-slice jobs per node position, longest-running first.
     victims_on = {}
     for seq, job in enumerate(over_slice):
+        if _holds_several_hosts(job):
+            continue
         node_gpus = cluster.by_name.get(job.node)
         if node_gpus is None:
             continue
@@ -969,6 +1564,9 @@ def time_slice_victims(pending, nodes, running, over_slice, now):
     # Nothing changes while this looks, so a request that gains nothing never will.
     tried = set()
     for job in _queue_order(pending):
+        nnodes = job.nnodes
+        if nnodes is not None and (nnodes > 1 or job.node_gpu_ids):
+            continue
         request = _request_of(job)
         limited = job.nodelist is not None or job.exclude is not None
         key = request + (job.nodelist, job.exclude) if limited else request
@@ -1037,7 +1635,17 @@ def unsatisfiable_reason(request, nodes):
     no job, so they count for nothing. A request limited by --nodelist or --exclude is judged
     on the nodes it may use; a name that is not among `nodes` is simply not there (the
     controller refuses unknown names before asking).
+
+    A request on several hosts (nnodes > 1, or node_gpu_ids) is refused when no cluster state
+    could run it: fewer hosts that run jobs (and that it may use) than it needs, too few of
+    them with `gpus` GPUs (of mem_mb each), a host of its node_gpu_ids that does not exist or
+    lacks those GPUs.
     """
+    # model.ResourceRequest has no nnodes or node_gpu_ids yet: the controller passes a
+    # Job-like request for a job on several hosts, so they are read when present.
+    nnodes = getattr(request, "nnodes", None)
+    if getattr(request, "node_gpu_ids", None) or (nnodes is not None and nnodes > 1):
+        return _unsatisfiable_gang(_Gang(request), list(nodes))
     gpu_ids = tuple(request.gpu_ids) if request.gpu_ids else None
     count = len(gpu_ids) if gpu_ids else (request.gpus or 0)
     mem_mb = request.mem_mb
@@ -1150,3 +1758,127 @@ def _largest_allowed(nodes, size):
     if len(largest) == 1:
         return "the largest node it may use%s has %d" % (named, size)
     return "the largest nodes it may use%s have %d" % (named, size)
+
+
+def _unsatisfiable_gang(gang, nodes):
+    """Why no state of `nodes` could ever run a job on several hosts, or None."""
+    if gang.exact is not None:
+        return _unsatisfiable_exact(gang, nodes)
+    asks = "asks for %d hosts" % gang.hosts
+    listed = _listed_hosts(gang.nodelist, gang.exclude)
+    required = []
+    if listed is not None and (len(listed) >= gang.hosts or not listed):
+        others, refusal = _nodes_allowed(nodes, gang.nodelist, gang.exclude)
+        if refusal is not None:
+            return refusal
+    elif listed is None and gang.exclude is not None:
+        others, refusal = _nodes_allowed(nodes, None, gang.exclude)
+        if refusal is not None:
+            return refusal
+    else:
+        by_name = {}
+        for node in nodes:
+            by_name.setdefault(node.name, node)
+        for name in listed or ():
+            node = by_name.get(name)
+            if node is None:
+                return "--nodelist names %s, which is not a node of this cluster" % name
+            if node.submit_only:
+                return "node %s is submit-only: it runs no jobs" % name
+            required.append(node)
+        taken = frozenset(gang.exclude or ()) | frozenset(listed or ())
+        others = [node for node in nodes if not node.submit_only and node.name not in taken]
+    limited = gang.nodelist is not None or gang.exclude is not None
+    total = len(required) + len(others)
+    if gang.hosts > total:
+        if not limited:
+            if not total:
+                return "%s; this cluster has no node that runs jobs" % asks
+            return "%s; this cluster has %d that run%s jobs" % (asks, total,
+                                                                "s" if total == 1 else "")
+        return "%s; it may use only %d (%s)" % (asks, total, _names(required + others))
+    if gang.count == 0 and gang.gpu_ids is None:
+        return None
+    each = "%s each" % _asked_words(gang)
+    for node in required:
+        if not _could_hold(node, gang):
+            return "%s with %s, including %s; node %s has %s" % (
+                asks, each, ", ".join(n.name for n in required), node.name,
+                _node_has(node, gang))
+    need = gang.hosts - len(required)
+    holding = sum(1 for node in others if _could_hold(node, gang))
+    if holding >= need:
+        return None
+    which = ""
+    if required:
+        which = " besides %s" % ", ".join(n.name for n in required)
+    elif limited:
+        which = " it may use"
+    have = _count_word(gang.count) if gang.gpu_ids is None else _gpu_word(gang.gpu_ids)
+    if gang.mem_mb is not None:
+        have = ("%d such GPUs" % gang.count if gang.count > 1 else "1 such GPU"
+                ) if gang.gpu_ids is None else "%s with %d MB" % (have, gang.mem_mb)
+    if not holding:
+        return "%s with %s; no host%s has %s" % (asks, each, which, have)
+    return "%s with %s; only %d host%s%s %s %s" % (
+        asks, each, holding, "" if holding == 1 else "s", which,
+        "has" if holding == 1 else "have", have)
+
+
+def _asked_words(gang):
+    """What one part of a job on several hosts asks for: `4 GPUs`, `GPUs 0,1 of 40000 MB`."""
+    words = _gpu_word(gang.gpu_ids) if gang.gpu_ids is not None else _count_word(gang.count)
+    return words if gang.mem_mb is None else "%s of %d MB" % (words, gang.mem_mb)
+
+
+def _could_hold(node, gang):
+    """Whether one part of a job on several hosts fits this node when it is empty (judged on
+    total GPU memory)."""
+    if gang.gpu_ids is not None:
+        by_index = {gpu.index: gpu for gpu in node.gpus}
+        return all(i in by_index and (gang.mem_mb is None or by_index[i].memory_mb >= gang.mem_mb)
+                   for i in gang.gpu_ids)
+    if gang.mem_mb is None:
+        return len(node.gpus) >= gang.count
+    return sum(1 for gpu in node.gpus if gpu.memory_mb >= gang.mem_mb) >= gang.count
+
+
+def _node_has(node, gang):
+    """What a node offers one part of a job on several hosts: `2 GPUs`, `GPUs 0-3`..."""
+    if gang.gpu_ids is not None:
+        indices = [gpu.index for gpu in node.gpus]
+        return "GPUs %s" % _index_ranges(indices) if indices else "no GPUs"
+    if gang.mem_mb is None:
+        return _count_word(len(node.gpus)) if node.gpus else "no GPUs"
+    big = sum(1 for gpu in node.gpus if gpu.memory_mb >= gang.mem_mb)
+    return "%s with %d MB" % (_count_word(big), gang.mem_mb) if big else \
+        "no GPU with %d MB" % gang.mem_mb
+
+
+def _unsatisfiable_exact(gang, nodes):
+    """Why exact GPUs on named hosts (node_gpu_ids) could never be given, or None."""
+    wanted = _exact_words(gang.exact, None)
+    conflict = _exact_hosts_conflict([name for name, _ in gang.exact], gang.nodelist,
+                                     gang.exclude)
+    if conflict is not None:
+        return "asks for %s; %s" % (wanted, conflict)
+    by_name = {}
+    for node in nodes:
+        by_name.setdefault(node.name, node)
+    for name, ids in gang.exact:
+        node = by_name.get(name)
+        if node is None:
+            return "asks for %s; %s is not a node of this cluster" % (wanted, name)
+        if node.submit_only:
+            return "node %s is submit-only: it runs no jobs" % name
+        by_index = {gpu.index: gpu for gpu in node.gpus}
+        if any(i not in by_index for i in ids):
+            return "asks for %s on %s; node %s has %s" % (
+                _gpu_word(ids), name, name,
+                "GPUs %s" % _index_ranges(by_index) if by_index else "no GPUs")
+        if gang.mem_mb is not None and ids:
+            smallest = min(ids, key=lambda i: by_index[i].memory_mb)
+            if by_index[smallest].memory_mb < gang.mem_mb:
+                return "asks for %d MB per GPU on %s on %s; GPU %d there has %d MB" % (
+                    gang.mem_mb, _gpu_word(ids), name, smallest, by_index[smallest].memory_mb)
+    return None
