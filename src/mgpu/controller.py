@@ -8,13 +8,22 @@ start threads, or call a node: it returns actions and the master carries them ou
 store before anything that depends on it.
 
 Events are dicts with a `kind`: `request` (a client's request, with the peer's identity),
-`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`. Drained nodes (`drain`, `resume`:
-root and operators) are kept by name, whether they are up or not, and given at construction
-after a restart; a drained node keeps its running jobs and takes no new ones. Time passes through
-`advance(now)`; a scheduler pass runs through `schedule(now)` and only when something changed.
+`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`, `job_port`. Drained nodes
+(`drain`, `resume`: root and operators) are kept by name, whether they are up or not, and given
+at construction after a restart; a drained node keeps its running jobs and takes no new ones.
+Time passes through `advance(now)`; a scheduler pass runs through `schedule(now)` and only when
+something changed.
 Remote nodes that joined are recorded (`SaveNode`) and given at construction after a restart
 (`known_nodes`): until they reconnect they are unreachable (no new jobs), and --nodelist, admission
 and the node table know them.
+
+A job on several hosts (a gang: `job.parts`, one part per host in rank order) is launched in two
+steps: rank 0 first, the other ranks once rank 0's host reported the MASTER_PORT it chose
+(`job_port`). Each part reports its own start and end (`node` names the part); the job runs
+until every part has ended, the first part to fail stops the others, a part that could not start
+puts the whole job back in the queue (FAILED after MAX_LAUNCH_FAILURES tries in a row), and a
+part lost with its host ends the whole job (NODE_FAIL, or a requeue). Stops, warnings and
+releases reach every part.
 """
 
 import collections
@@ -62,11 +71,12 @@ class Save(Action):
 
 
 class Launch(Action):
-    """Start the job's current attempt on its node."""
-    __slots__ = ("job",)
+    """Start the job's current attempt on its node; for a job on several hosts, the part of
+    `rank` on that rank's host (rank None: a job on one host)."""
+    __slots__ = ("job", "rank")
 
-    def __init__(self, job):
-        self.job = job
+    def __init__(self, job, rank=None):
+        self.job, self.rank = job, rank
 
 
 class SignalJob(Action):
@@ -146,7 +156,18 @@ def describe_command(command):
 
 # The events the master feeds to handle(), besides requests; each has a handler `_on_<kind>`.
 EVENTS = frozenset(("node_up", "node_heartbeat", "node_unreachable", "node_down", "gpu_usage", "job_started",
-                    "job_exited", "job_lost"))
+                    "job_exited", "job_lost", "job_port"))
+
+# Failed launches in a row of a job on several hosts (a part could not start) before it ends
+# FAILED instead of going back to the queue: a host that refuses it (no such user there) would
+# otherwise requeue it forever.
+MAX_LAUNCH_FAILURES = 3
+
+# What stops a running job (job.stop_cause) -> the word its log line uses. For a job on several
+# hosts, "part_failed": a part failed, the others get the two-stage stop and the job ends FAILED;
+# "launch_failed": a part could not start, the others get SIGKILL and the job goes back to the
+# queue (see _launch_failed).
+STOP_VERBS = {"cancel": "cancel", "timeout": "time limit", "slice": "time slice", "part_failed": "stop"}
 
 
 class Controller:
@@ -213,6 +234,7 @@ class Controller:
         if new == JobState.PENDING:
             job.queue_seq = self.next_seq  # back of the queue
             self.next_seq += 1
+            job.parts = job.part_status = job.master_port = None  # it holds no host while it waits
         if new in JobState.FINAL:
             self.jobs.pop(job.id, None)
         self._track(job)
@@ -267,9 +289,24 @@ class Controller:
         if gpu_ids is not None and len(set(gpu_ids)) != len(gpu_ids):
             raise MgpuError(errors.INVALID_ARGUMENT, "GPU ids must be distinct")
         gpus = fields.get("gpus", 1)
-        request = ResourceRequest(gpus if gpus is not None else 1, gpu_ids, fields.get("mem_mb"),
-                                  self._known_nodes(fields.get("nodelist"), "--nodelist"),
-                                  self._known_nodes(fields.get("exclude"), "--exclude"))
+        nodelist = self._known_nodes(fields.get("nodelist"), "--nodelist")
+        nnodes, node_gpu_ids = fields.get("nnodes"), self._node_gpu_ids(fields.get("node_gpu_ids"))
+        if node_gpu_ids is not None:
+            if gpu_ids is not None or fields.get("nnodes", len(node_gpu_ids)) != len(node_gpu_ids):
+                raise MgpuError(errors.INVALID_ARGUMENT, "node_gpu_ids says which GPUs of each host: "
+                                "give neither gpu_ids nor another nnodes")
+            if len(node_gpu_ids) == 1:  # one host: that host's GPUs, as --nodelist with --gpu-ids
+                (host, gpu_ids), = node_gpu_ids
+                nodelist, node_gpu_ids = (host,), None
+            gpus = max(len(ids) for _, ids in node_gpu_ids) if node_gpu_ids else len(gpu_ids)
+            nnodes = len(node_gpu_ids) if node_gpu_ids else None
+        if nnodes is not None and nnodes < 2:
+            nnodes = None
+        if nnodes and gpu_ids is not None:
+            raise MgpuError(errors.INVALID_ARGUMENT, "a job on several hosts gives its GPUs per host "
+                            "(gpus, or node_gpu_ids), not gpu_ids")
+        request = ResourceRequest(gpus if gpus is not None else 1, gpu_ids, fields.get("mem_mb"), nodelist,
+                                  self._known_nodes(fields.get("exclude"), "--exclude"), nnodes, node_gpu_ids)
         why = self.unsatisfiable(request)
         if why:
             raise MgpuError(errors.UNSATISFIABLE, "cannot ever run: " + why)
@@ -296,6 +333,8 @@ class Controller:
                   command=fields["command"], cwd=cwd, output=output, error=error,
                   env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,
                   mem_mb=request.mem_mb, nodelist=request.nodelist, exclude=request.exclude,
+                  nnodes=request.nnodes, node_gpu_ids=request.node_gpu_ids,
+                  distributed=bool(fields.get("distributed")) or None,
                   time_limit=time_limit, priority=priority,
                   requeue=bool(fields.get("requeue")), warn_signal=warn_signal,
                   warn_seconds=warn_seconds, submit_time=now,
@@ -309,6 +348,10 @@ class Controller:
         what = "%s" % _plural(job.gpus, "GPU") if not job.gpu_ids else "GPUs " + ",".join(map(str, job.gpu_ids))
         if job.mem_mb:
             what += " x %d MB" % job.mem_mb
+        if job.node_gpu_ids:
+            what = " ".join("%s:%s" % (host, ",".join(map(str, ids))) for host, ids in job.node_gpu_ids)
+        elif job.nnodes:
+            what = "%d hosts x %s" % (job.nnodes, what)
         if job.nodelist:
             what += " on %s" % ",".join(job.nodelist)
         if job.exclude:
@@ -338,6 +381,19 @@ class Controller:
             raise MgpuError(errors.INVALID_ARGUMENT, "%s is too long once %%j, %%u and %%x are "
                             "filled in: at most %d bytes" % (what, MAX_PATH))
         return path
+
+    def _node_gpu_ids(self, pairs):
+        """((host, (ids...)), ...) of a node_gpu_ids request, each host known and once, each
+        host's GPU ids distinct; None without one."""
+        if not pairs:
+            return None
+        hosts = self._known_nodes([host for host, _ in pairs], "--node-gpu-ids")
+        if len(hosts) != len(pairs):
+            raise MgpuError(errors.INVALID_ARGUMENT, "--node-gpu-ids names a host twice")
+        for host, ids in pairs:
+            if len(set(ids)) != len(ids):
+                raise MgpuError(errors.INVALID_ARGUMENT, "--node-gpu-ids: the GPU ids of %s must be distinct" % host)
+        return tuple((host, tuple(ids)) for host, ids in pairs)
 
     def _known_nodes(self, names, option):
         """The node names of a --nodelist or --exclude, each once, in the order given; refused
@@ -429,7 +485,7 @@ class Controller:
         if node is not None and node.state == NodeState.UP:
             node.state = NodeState.DRAINED
         self.dirty = True  # the waiting jobs' reasons change
-        running = sum(1 for job in self.running.values() if job.node == name)
+        running = sum(1 for job in self.running.values() if name in _hosts(job))
         return [SaveDrain(name, reason), Log("drain node %s by %s: %s" % (name, user, _shown(reason))),
                 Reply(token, ok({"node": name, "reason": reason, "running": running}))]
 
@@ -478,7 +534,7 @@ class Controller:
         # A stop of a job there may have been lost with the link: say it again (SIGKILL once
         # its grace is over). A signal for an attempt the node no longer has is ignored there.
         for job in self.running.values():
-            if job.node == name and job.stop_cause is not None:
+            if job.stop_cause is not None and name in _open_hosts(job):
                 signum = SIGKILL if job.stop_deadline is None else SIGTERM
                 actions.append(SignalJob(name, job.id, job.attempt, signum))
         if address is not None:
@@ -507,7 +563,8 @@ class Controller:
 
     def _on_node_down(self, event, now):
         """A node stopped answering: its GPUs leave the pool and its running jobs end NODE_FAIL
-        (or go back to the queue when they allow a requeue)."""
+        (or go back to the queue when they allow a requeue); so do the jobs on several hosts
+        that have a part running there (their other parts are killed)."""
         name, reason = event["name"], "node %s is down: %s" % (event["name"], event.get("reason") or "no heartbeat")
         actions = []
         node = self.nodes.get(name)
@@ -517,19 +574,21 @@ class Controller:
             node.state = NodeState.DOWN
             actions.append(Log(reason))
         self.dirty = True
-        for job in [j for j in self.running.values() if j.node == name]:
+        for job in [j for j in self.running.values() if name in _open_hosts(j)]:
             actions.extend(self._on_job_lost({"node": name, "job_id": job.id, "attempt": job.attempt,
                                               "started": True, "reason": reason}, now))
         return actions
 
     def attempts_to_keep(self, name, reported):
         """Reconciliation with a node that (re)registers: of the attempts it reports
-        [(job_id, attempt)], those this master still considers running there. The node kills the
-        others (fenced by attempt number). Running jobs it does not report never started there
-        (no record of even an intent): they go back to the queue."""
+        [(job_id, attempt)], those this master still considers running there (for a job on
+        several hosts: a part there was launched and has not ended). The node kills the others
+        (fenced by attempt number). Running jobs (parts) it does not report never started there
+        (no record of even an intent): the caller reports them lost, not started."""
         reported = set(reported)
-        keep = [[j.id, j.attempt] for j in self.running.values() if j.node == name and (j.id, j.attempt) in reported]
-        missing = [j for j in self.running.values() if j.node == name and (j.id, j.attempt) not in reported]
+        here = [j for j in self.running.values() if name in _open_hosts(j)]
+        keep = [[j.id, j.attempt] for j in here if (j.id, j.attempt) in reported]
+        missing = [j for j in here if (j.id, j.attempt) not in reported]
         return keep, missing
 
     def _on_gpu_usage(self, event, now):
@@ -543,34 +602,44 @@ class Controller:
         return []
 
     def _current(self, event):
+        """(job, rank) a report from a node is about: the running job, if the report is about its
+        current attempt and comes from its node; for a job on several hosts, from the host of a
+        part that was launched, whose rank it returns (None for a job on one host). (None, None)
+        for a report to ignore: about an older attempt, a job that ended, or from a host that
+        holds no part of this attempt."""
         job = self.running.get(event.get("job_id"))
-        if job is None or job.attempt != event.get("attempt") or job.node != event.get("node"):
-            return None  # a report about an older attempt, or a job that ended: ignore it
-        return job
+        if job is None or job.attempt != event.get("attempt"):
+            return None, None  # a report about an older attempt, or a job that ended: ignore it
+        node = event.get("node")
+        if job.parts is None:
+            return (job, None) if job.node == node else (None, None)
+        for rank, (host, _) in enumerate(job.parts):
+            if host == node and _launched(job, rank):
+                return job, rank
+        return None, None
 
     def _on_job_started(self, event, now):
-        job = self._current(event)
+        job, rank = self._current(event)
         if job is None:
             return []
+        if rank is not None:
+            return self._part_started(job, rank, event)
         job.sup_pid, job.sup_start, job.pgid = event["sup_pid"], event["sup_start"], event["pgid"]
         return [Save(job)]
 
     def _on_job_exited(self, event, now):
-        job = self._current(event)
+        job, rank = self._current(event)
         if job is None:
             return []
+        if rank is not None:
+            return self._part_exited(job, rank, event, now)
         exit_code, error = event.get("exit_code"), event.get("error")
         signum = event.get("signal")
         ran = format_duration(now - job.start_time) if job.start_time is not None else "?"
         cause = job.stop_cause
-        if cause == "cancel":
-            new, reason = JobState.CANCELLED, job.reason or "cancelled"
-        elif cause == "timeout" and not job.requeue:
-            new, reason = JobState.TIMEOUT, "reached its time limit of %s" % format_duration(job.time_limit)
-        elif cause in ("timeout", "slice"):
-            new = JobState.PENDING
-            reason = ("requeued: reached its time limit" if cause == "timeout"
-                      else "requeued: ran past the %s time slice while others waited" % format_duration(self.settings.max_job_time))
+        stopped = self._stopped_outcome(job)
+        if stopped is not None:
+            new, reason = stopped
         elif error:
             new, reason = JobState.FAILED, error
         elif exit_code == 0:
@@ -591,9 +660,11 @@ class Controller:
         return [save, Release(node, job.id, attempt), Log(line)]
 
     def _on_job_lost(self, event, now):
-        job = self._current(event)
+        job, rank = self._current(event)
         if job is None:
             return []
+        if rank is not None:
+            return self._part_lost(job, rank, event, now)
         node, attempt = job.node, job.attempt
         if job.stop_cause == "cancel":
             save = self._move(job, JobState.CANCELLED, now, job.reason or "cancelled", "lost while cancelling")
@@ -612,21 +683,185 @@ class Controller:
             line = "end job %d NODE_FAIL: %s" % (job.id, event.get("reason"))
         return [save, Release(node, job.id, attempt), Log(line)]
 
+    def _stopped_outcome(self, job):
+        """(new state, reason) of a job whose attempt ended while a cancel, time limit or time
+        slice stopped it; None without such a stop."""
+        cause = job.stop_cause
+        if cause == "cancel":
+            return JobState.CANCELLED, job.reason or "cancelled"
+        if cause == "timeout" and not job.requeue:
+            return JobState.TIMEOUT, "reached its time limit of %s" % format_duration(job.time_limit)
+        if cause == "timeout":
+            return JobState.PENDING, "requeued: reached its time limit"
+        if cause == "slice":
+            return JobState.PENDING, "requeued: ran past the %s time slice while others waited" % (
+                format_duration(self.settings.max_job_time))
+        return None
+
+    # -- jobs on several hosts --------------------------------------------------------------
+
+    def _on_job_port(self, event, now):
+        """Rank 0's host chose the job's MASTER_PORT: record it (once; it is part of every other
+        rank's environment), then launch every other rank. Not while the job is stopping: its
+        other ranks are then never launched, and it ends with rank 0."""
+        job, rank = self._current(event)
+        if job is None or rank != 0 or job.master_port is not None:
+            return []
+        if job.stop_cause is not None:
+            return [Log("job %d: rank 0 chose port %s, but the job is stopping: its other ranks are "
+                        "not launched" % (job.id, event.get("port")))]
+        job.master_port = event["port"]
+        others = range(1, len(job.parts))
+        return ([Save(job)] + [Launch(job, rank=r) for r in others]
+                + [Log("launch job %d ranks 1-%d: MASTER_PORT %s on %s"
+                       % (job.id, len(job.parts) - 1, job.master_port, job.parts[0][0]))])
+
+    def _part_started(self, job, rank, event):
+        """A part's supervisor runs; rank 0's is the job's (sup_pid, sup_start, pgid). Once every
+        part runs, the job's failed launches in a row start again from zero."""
+        if _ended(job.part_status[rank]):
+            return []  # its start reported again after its end
+        before = all(s == "started" for s in job.part_status)
+        job.part_status[rank] = "started"
+        if rank == 0:
+            job.sup_pid, job.sup_start, job.pgid = event["sup_pid"], event["sup_start"], event["pgid"]
+        actions = [Save(job)]
+        if not before and all(s == "started" for s in job.part_status):
+            job.launch_failures = 0
+            actions.append(Log("job %d runs on every host (%s)" % (job.id, ", ".join(_hosts(job)))))
+        return actions
+
+    def _part_exited(self, job, rank, event, now):
+        """A part ended. An exit 0 waits for the others. The first failure while no stop is under
+        way decides: a part whose launch was refused (an error before it started) is a failed
+        launch (see _launch_failed); a part that ran and failed stops the others (two-stage) and
+        the job will end FAILED with its exit code. Rank 0 ending with 0 before the other ranks
+        were launched is a failed launch too: they can no longer be. Once no part runs, the job
+        ends (see _end_gang)."""
+        status = job.part_status[rank]
+        if _ended(status):
+            return []  # its end reported again
+        exit_code, signum, error = event.get("exit_code"), event.get("signal"), event.get("error")
+        job.part_status[rank] = [exit_code, signum]
+        actions = []
+        if job.stop_cause is None:
+            if error and status is None:
+                actions = self._launch_failed(job, rank, error)
+            elif error or signum or exit_code != 0:
+                job.exit_code = exit_code
+                failure = _part_failure(rank, job.parts[rank][0], exit_code, signum, error)
+                if _open_parts(job):
+                    actions = self._stop(job, "part_failed", now, failure)
+                else:
+                    job.stop_cause, job.reason = "part_failed", failure
+            elif job.master_port is None:
+                actions = self._launch_failed(job, rank, "it exited before the other ranks were launched")
+        if _open_parts(job):
+            return actions or [Save(job)]
+        return self._end_gang(job, now)
+
+    def _part_lost(self, job, rank, event, now):
+        """A part's host lost it. One that never started (its host has no record of it, or its
+        launch could not be sent) is a failed launch, as a refused one. One that started (its
+        supervisor vanished, or its host is down) ends the whole job at once, as a job on one
+        host would end (NODE_FAIL, or a requeue with --requeue); its other parts are killed."""
+        status = job.part_status[rank]
+        if _ended(status):
+            return []
+        why = "rank %d on %s: %s" % (rank, job.parts[rank][0], event.get("reason") or "lost")
+        job.part_status[rank] = [None, None]
+        if event.get("started") or status == "started":
+            return self._end_gang(job, now, lost=why)
+        actions = []
+        if job.stop_cause is None:
+            actions = self._launch_failed(job, rank, event.get("reason") or "lost")
+        if _open_parts(job):
+            return actions or [Save(job)]
+        return self._end_gang(job, now)
+
+    def _launch_failed(self, job, rank, why):
+        """A part could not start: this attempt cannot run on every host. The parts that were
+        launched are killed at once (SIGKILL, no grace: the job never ran whole); once they have
+        ended the job goes back to the queue (see _end_gang). Returns the kills, or nothing when
+        no part runs."""
+        job.stop_cause = "launch_failed"
+        job.reason = "could not start on every host: rank %d on %s: %s" % (rank, job.parts[rank][0], why)
+        job.stop_deadline = None
+        kills = _signal_parts(job, SIGKILL)
+        if not kills:
+            return []
+        return kills + [Save(job), Log("job %d %s; SIGKILL to the parts on %s" % (
+            job.id, job.reason, ", ".join(a.node for a in kills)))]
+
+    def _end_gang(self, job, now, lost=None):
+        """The attempt of a job on several hosts is over: every part has ended, or one was lost
+        with its host (`lost` says which and why; the others are killed now). What it means:
+        cancel: CANCELLED; time limit: TIMEOUT, or back to the queue with --requeue; time slice:
+        back to the queue; a part's failure: FAILED with that part's exit code; a failed launch:
+        back to the queue with its restarts unchanged (it never ran whole), FAILED on the
+        MAX_LAUNCH_FAILURES-th in a row; a part lost: NODE_FAIL, or back to the queue with
+        --requeue; every part exited 0: COMPLETED. Saved before the host of every part that was
+        launched is told to forget the attempt (Release)."""
+        cause = job.stop_cause
+        kills = _signal_parts(job, SIGKILL) if lost is not None else []
+        hosts = [host for rank, (host, _) in enumerate(job.parts) if _launched(job, rank)]
+        attempt, first = job.attempt, job.part_status[0]
+        ran = format_duration(now - job.start_time) if job.start_time is not None else "?"
+        if cause == "launch_failed":
+            job.launch_failures += 1
+            if job.launch_failures >= MAX_LAUNCH_FAILURES:
+                new, reason = JobState.FAILED, job.reason
+            else:
+                new, reason = JobState.PENDING, "requeued: %s (failed launch %d of %d)" % (
+                    job.reason, job.launch_failures, MAX_LAUNCH_FAILURES)
+        elif cause == "part_failed":
+            new, reason = JobState.FAILED, job.reason
+        elif lost is None:
+            new, reason = self._stopped_outcome(job) or (JobState.COMPLETED, "")
+        elif cause == "cancel" or (cause == "timeout" and not job.requeue):
+            new, reason = self._stopped_outcome(job)
+        elif job.requeue or cause is not None:
+            new, reason = JobState.PENDING, "requeued: " + lost
+        else:
+            new, reason = JobState.NODE_FAIL, lost
+        save = self._move(job, new, now, reason, cause or ("lost" if lost is not None else "exit"))
+        if new == JobState.PENDING:
+            if cause != "launch_failed":
+                job.restarts += 1
+            line = "requeue job %d (%s) after %s, restart %d" % (job.id, reason, ran, job.restarts)
+        else:
+            if new == JobState.COMPLETED:
+                job.exit_code = 0
+            elif new in (JobState.CANCELLED, JobState.TIMEOUT) and _ended(first):
+                job.exit_code = first[0]  # rank 0's, as a job on one host reports its own
+            line = "end job %d %s exit=%s after %s on %s%s" % (
+                job.id, new, job.exit_code, ran, _plural(len(hosts), "host"), (": " + reason) if reason else "")
+        return [save] + kills + [Release(host, job.id, attempt) for host in hosts] + [Log(line)]
+
     # -- time -------------------------------------------------------------------------------
 
     def _stop(self, job, cause, now, reason):
-        """Begin the two-stage stop: SIGTERM now, SIGKILL after the grace (see advance)."""
+        """Begin the two-stage stop: SIGTERM now, SIGKILL after the grace (see advance), to the
+        job or to every part of it still running. A cancel wins over a stop that would requeue
+        the job (or end it TIMEOUT), not over a part's failure: the job has failed already."""
         if job.stop_cause is not None:
-            if cause == "cancel" and job.stop_cause != "cancel":
-                job.stop_cause, job.reason = "cancel", reason  # a cancel wins over a requeue
+            if cause == "cancel" and job.stop_cause not in ("cancel", "part_failed"):
+                job.stop_cause, job.reason = "cancel", reason
                 return [Save(job), Log("cancel job %d (already stopping)" % job.id)]
             return []
         job.stop_cause = cause
         job.reason = reason
         job.stop_deadline = now + self.settings.kill_grace
-        verb = {"cancel": "cancel", "timeout": "time limit", "slice": "time slice"}[cause]
-        return [SignalJob(job.node, job.id, job.attempt, SIGTERM), Save(job),
-                Log("%s job %d (running): SIGTERM, SIGKILL in %gs" % (verb, job.id, self.settings.kill_grace))]
+        signals = _signal_parts(job, SIGTERM)
+        if job.parts is None:
+            where = "running"
+        else:
+            where = "%s on %s" % (_plural(len(signals), "part"), ", ".join(a.node for a in signals))
+        line = "%s job %d (%s): SIGTERM, SIGKILL in %gs" % (STOP_VERBS[cause], job.id, where,
+                                                            self.settings.kill_grace)
+        if cause == "part_failed":
+            line += ": " + reason
+        return signals + [Save(job), Log(line)]
 
     def next_deadline(self, now):
         """The earliest time at which advance() has something to do, or None."""
@@ -664,7 +899,7 @@ class Controller:
                 if job.stop_cause is not None:
                     if job.stop_deadline is not None and now >= job.stop_deadline:
                         job.stop_deadline = None
-                        actions.append(SignalJob(job.node, job.id, job.attempt, SIGKILL))
+                        actions.extend(_signal_parts(job, SIGKILL))
                         actions.append(Save(job))
                         actions.append(Log("kill job %d: still running after the %gs grace, SIGKILL"
                                            % (job.id, self.settings.kill_grace)))
@@ -676,7 +911,7 @@ class Controller:
                 if (end is not None and job.warn_signal and not job.warned
                         and now >= end - (job.warn_seconds or 0)):
                     job.warned = True
-                    actions.append(SignalJob(job.node, job.id, job.attempt, job.warn_signal))
+                    actions.extend(_signal_parts(job, job.warn_signal))
                     actions.append(Save(job))
                     actions.append(Log("warn job %d: signal %s, %s before its time limit" % (
                         job.id, _signal_name(job.warn_signal), format_duration(end - now))))
@@ -747,6 +982,9 @@ class Controller:
             result = scheduler.schedule(candidates, nodes, running, now, policy)
         self._head = result.head
         for job, allocation in result.starts:
+            if isinstance(allocation, tuple):
+                actions.extend(self._start_gang(job, allocation, now))
+                continue
             actions.append(self._start(job, allocation, now))
             actions.append(Launch(job))
             actions.append(Log("start job %d on %s GPUs %s" % (
@@ -802,6 +1040,19 @@ class Controller:
         job.attempt += 1
         return save
 
+    def _start_gang(self, job, allocations, now):
+        """Start a job on several hosts (one Allocation per host, rank order): saved with its
+        parts, then only rank 0 is launched; the others follow once its host reported the
+        MASTER_PORT it chose (see _on_job_port)."""
+        save = self._start(job, allocations[0], now)
+        job.parts = tuple((a.node, a.gpu_ids) for a in allocations)
+        job.part_status = [None] * len(allocations)
+        job.master_port = None
+        where = ", ".join("rank %d on %s GPUs %s" % (rank, a.node, ",".join(map(str, a.gpu_ids)) or "none")
+                          for rank, a in enumerate(allocations))
+        return [save, Launch(job, rank=0),
+                Log("start job %d on %d hosts: %s (rank 0 first)" % (job.id, len(allocations), where))]
+
     def _switch_out(self, now, nodes):
         slice_ = self.settings.max_job_time
         over = [j for j in self.running.values()
@@ -829,20 +1080,23 @@ class Controller:
         return {
             "id": job.id, "user": job.user, "uid": job.uid, "state": job.state, "priority": job.priority,
             "gpus": job.gpus, "gpu_ids": gpu_ids, "mem_mb": job.mem_mb, "node": job.node,
-            "nodelist": list(job.nodelist or ()), "exclude": list(job.exclude or ()),
+            "nodelist": list(job.nodelist or ()), "exclude": list(job.exclude or ()), "nnodes": job.nnodes or 1,
             "name": job.name, "command": job.command, "exit_code": job.exit_code,
             "reason": reason, "restarts": job.restarts, "submit_time": job.submit_time,
             "start_time": job.start_time, "end_time": job.end_time, "time_limit": job.time_limit,
             "position": self.positions().get(job.id) if job.state == JobState.PENDING else None,
             "stopping": job.stop_cause is not None, "output": job.output, "error": job.error,
-            "started": job.pgid is not None,
+            "started": job.pgid is not None if job.parts is None else (
+                job.state == JobState.RUNNING and _every_part_started(job)),
+            "nodes": _placement(job),
         }
 
     def node_rows(self):
         holders = {}
         for job in self.running.values():
-            for index in job.alloc:
-                holders.setdefault((job.node, index), []).append(job)
+            for host, gpu_ids in job.parts or ((job.node, job.alloc),):
+                for index in gpu_ids:
+                    holders.setdefault((host, index), []).append(job)
         rows = []
         for node in self.nodes.values():
             gpus = []
@@ -880,12 +1134,33 @@ class Controller:
         actions = []
         for job_id in job_ids:
             job = self.running.get(job_id)
-            if job is not None and job.node != node:
+            if job is not None and job.parts is not None:
+                actions.extend(self._rehome_part(job, node))
+            elif job is not None and job.node != node:
                 actions.append(Log("job %d ran on node %s: this host is now called %s" % (job.id, job.node, node)))
                 job.node = node
                 actions.append(Save(job))
         self.dirty = True
         return actions
+
+    def _rehome_part(self, job, node):
+        """A job on several hosts, one of whose parts runs on this host under its new name: the
+        part whose host is no known node is that one. When that is not a single part (or a part
+        is already on `node`), nothing can be told and nothing changes."""
+        hosts = [host for host, _ in job.parts]
+        if node in hosts:
+            return []
+        unknown = [rank for rank, host in enumerate(hosts) if host not in self.nodes]
+        if len(unknown) != 1:
+            return [Log("job %d runs on several hosts (%s): cannot tell which part ran on this host, "
+                        "now called %s" % (job.id, ", ".join(hosts), node))]
+        rank = unknown[0]
+        old, gpu_ids = job.parts[rank]
+        job.parts = job.parts[:rank] + ((node, gpu_ids),) + job.parts[rank + 1:]
+        if rank == 0:
+            job.node = node
+        return [Log("job %d rank %d ran on node %s: this host is now called %s" % (job.id, rank, old, node)),
+                Save(job)]
 
     def withdraw(self, job_id):
         """Forget a submission that could not be stored (its submitter is told so)."""
@@ -906,6 +1181,66 @@ class Controller:
         save = self._move(job, JobState.PENDING, now, reason, "store")
         job.queue_seq = seq
         return [save, Log("job %d not started: %s" % (job.id, reason))]
+
+
+def _launched(job, rank):
+    """Whether the part of `rank` of a job on several hosts was sent its launch: rank 0 at the
+    start, the others once rank 0's host reported the port (master_port)."""
+    return rank == 0 or job.master_port is not None
+
+
+def _ended(status):
+    """Whether a part's status (job.part_status) is its end: [exit_code, signal]."""
+    return isinstance(status, (list, tuple))
+
+
+def _open_parts(job):
+    """(rank, host) of every part of the job's attempt that was launched and has not ended:
+    those a signal must reach. [(None, node)] for a job on one host."""
+    if job.parts is None:
+        return [(None, job.node)]
+    return [(rank, host) for rank, (host, _) in enumerate(job.parts)
+            if _launched(job, rank) and not _ended(job.part_status[rank])]
+
+
+def _open_hosts(job):
+    return [host for _, host in _open_parts(job)]
+
+
+def _signal_parts(job, signum):
+    """One SignalJob per part of the job still running (the job itself on one host)."""
+    return [SignalJob(host, job.id, job.attempt, signum) for host in _open_hosts(job)]
+
+
+def _hosts(job):
+    """Every host the job's attempt holds GPUs on, in rank order."""
+    return [host for host, _ in job.parts] if job.parts is not None else [job.node]
+
+
+def _every_part_started(job):
+    """Whether every part of a job on several hosts has started (or already ended)."""
+    return all(status is not None for status in job.part_status)
+
+
+def _placement(job):
+    """[{"name", "gpu_ids"}, ...] in rank order: where the job runs or ran; [] while it waits."""
+    if job.state == JobState.PENDING:
+        return []
+    if job.parts is not None:
+        return [{"name": host, "gpu_ids": list(gpu_ids)} for host, gpu_ids in job.parts]
+    if job.node is None:
+        return []
+    return [{"name": job.node, "gpu_ids": list(job.alloc)}]
+
+
+def _part_failure(rank, host, exit_code, signum, error):
+    """Why a job on several hosts failed, naming the part that failed first."""
+    who = "rank %d on %s" % (rank, host)
+    if error:
+        return "%s failed: %s" % (who, error)
+    if signum:
+        return "%s was killed by signal %d (%s)" % (who, signum, _signal_name(signum))
+    return "%s exited with code %s" % (who, exit_code)
 
 
 def _shown(text):

@@ -52,6 +52,7 @@ import os
 import pwd
 import re
 import signal
+import socket
 import stat
 import threading
 import time
@@ -155,6 +156,14 @@ def _signal_if(pid, signum, still_ours):
     finally:
         if pidfd is not None:
             os.close(pidfd)
+
+
+def free_port():
+    """A TCP port no socket on this host is bound to now (the kernel's choice), for the
+    rendezvous of a job on several hosts: its rank 0 binds it moments later."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 def run_openssl(arguments, timeout=60.0):

@@ -37,7 +37,7 @@ from . import controller as ctl
 from . import errors, protocol, transport
 from .errors import MgpuError
 from .gpus import open_inventory
-from .model import JobState
+from .model import Job, JobState
 from .nodeagent import NodeAgent
 from .nodelink import LocalNodeLink, RemoteNodeLink
 from .statelock import lock_state_dir
@@ -311,13 +311,7 @@ class Master:
             if kind is ctl.Reply:
                 action.token.queue.put(action.message)
             elif kind is ctl.Launch:
-                job = action.job
-                link = self.links.get(job.node)
-                if link is None:  # its node's link went away since the pass: never started
-                    self.events.put({"kind": "job_lost", "node": job.node, "job_id": job.id, "attempt": job.attempt,
-                                     "started": False, "reason": "the link to node %s was lost" % job.node})
-                else:
-                    link.start_job(job, self.store.job_env(job.id))
+                self._launch(action.job, getattr(action, "rank", None))
             elif kind is ctl.SignalJob:
                 link = self.links.get(action.node)
                 if link is not None:
@@ -332,6 +326,35 @@ class Master:
             log(*lines)
         if self.watchers and actions:
             self._update_watchers()
+
+    def _launch(self, job, rank):
+        """Send one launch: a one-host job (rank None), or one part of a job on several hosts,
+        with that part's GPUs, output files and environment (rank 0 chooses MASTER_PORT)."""
+        node = job.node if rank is None else job.parts[rank][0]
+        link = self.links.get(node)
+        if link is None:  # its node's link went away since the pass: never started
+            self.events.put({"kind": "job_lost", "node": node, "job_id": job.id, "attempt": job.attempt,
+                             "started": False, "reason": "the link to node %s was lost" % node})
+            return
+        env = self.store.job_env(job.id)
+        if rank is None:
+            if job.distributed:  # torchrun on this host alone: its defaults, a port chosen there
+                env = dict(env or {}, MASTER_ADDR="127.0.0.1", PET_NNODES="1", PET_NODE_RANK="0",
+                           PET_NPROC_PER_NODE=str(max(len(job.alloc), 1)), PET_MASTER_ADDR="127.0.0.1")
+            link.start_job(job, env, choose_port=bool(job.distributed))
+            return
+        env = dict(env or {}, **gang_environment(job, rank, self._rank0_address(job)))
+        link.start_job(part_record(job, rank), env, choose_port=rank == 0)
+
+    def _rank0_address(self, job):
+        """MASTER_ADDR: the rank-0 host's address as the other hosts reach it. A node's is the
+        address its link comes from; the master's own host's is the address rank 1's node
+        connected to (the master listens on all of them alike)."""
+        first = self.links.get(job.parts[0][0])
+        if getattr(first, "address", None):
+            return first.address
+        second = self.links.get(job.parts[1][0])
+        return getattr(second, "local_address", None) or self.config.node_name
 
     # -- node agents on other hosts ----------------------------------------------------------
 
@@ -370,6 +393,10 @@ class Master:
                 connection.reply(protocol.error_from(e))
                 return
             link = RemoteNodeLink(fields["name"], connection, peer, log)
+            try:
+                link.local_address = sock.getsockname()[0]  # this host as that node reaches it
+            except OSError:
+                pass
             token = _PendingReply("node_register")
             self.events.put({"kind": "node_register", "link": link, "fields": fields, "token": token})
             try:
@@ -568,6 +595,13 @@ class Master:
                 self._unsaved_envs.pop(job_id, None)
                 self._unsaved_transitions = [t for t in self._unsaved_transitions if t.job_id != job_id]
                 kept.append(ctl.Reply(action.token, protocol.error(errors.UNAVAILABLE, self._degraded_line())))
+            elif kind is ctl.Launch and action.rank:
+                # A further part of a job whose rank 0 runs: that part fails to launch, so the
+                # job's other parts are stopped and it goes back to the queue whole.
+                job = action.job
+                self.events.put({"kind": "job_lost", "node": job.parts[action.rank][0], "job_id": job.id,
+                                 "attempt": job.attempt, "started": False,
+                                 "reason": "not started: the state database cannot be written"})
             elif kind is ctl.Launch:
                 for step in c.unstart(action.job.id, now, "not started: the state database cannot be written"):
                     if type(step) is ctl.Save:
@@ -746,3 +780,39 @@ def _account(uid):
             return None
         account = _accounts[uid] = (entry.pw_name, entry.pw_gid, entry.pw_dir)
     return account
+
+
+def gang_environment(job, rank, master_addr):
+    """What every part of a job on several hosts finds in its environment besides the job's
+    own variables (CUDA_VISIBLE_DEVICES is set on its host): the hosts in rank order, its rank,
+    the rank-0 host's address; with --distributed also torchrun's defaults, so that
+    `torchrun script.py` needs no arguments. MASTER_PORT is added on the rank-0 host, which
+    chooses it, and sent with the launches of the other parts."""
+    hosts = [name for name, _ in job.parts]
+    per_node = len(job.parts[rank][1])
+    env = {"MGPU_NODELIST": ",".join(hosts), "MGPU_NNODES": str(len(hosts)), "MGPU_NODE_RANK": str(rank),
+           "MGPU_GPUS_PER_NODE": str(per_node), "MASTER_ADDR": master_addr}
+    if job.master_port:
+        env["MASTER_PORT"] = str(job.master_port)
+    if job.distributed:
+        env.update(PET_NNODES=str(len(hosts)), PET_NODE_RANK=str(rank), PET_NPROC_PER_NODE=str(max(per_node, 1)),
+                   PET_MASTER_ADDR=master_addr)
+        if job.master_port:
+            env["PET_MASTER_PORT"] = str(job.master_port)
+    return env
+
+
+def part_record(job, rank):
+    """The job as the host of part `rank` runs it: that part's GPUs, and its own output files
+    (%r in --output/--error is the rank; without it, rank N > 0 writes to NAME.rankN)."""
+    part = Job.from_dict(job.to_dict())
+    part.node, part.alloc = job.parts[rank][0], tuple(job.parts[rank][1])
+    for name in ("output", "error"):
+        path = getattr(job, name)
+        if path:
+            if "%r" in path:
+                path = path.replace("%r", str(rank))
+            elif rank:
+                path = "%s.rank%d" % (path, rank)
+            setattr(part, name, path)
+    return part

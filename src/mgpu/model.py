@@ -69,14 +69,18 @@ class ResourceRequest:
     Without `mem_mb` the granted GPUs are exclusive; with it a GPU may be shared.
     """
 
-    __slots__ = ("gpus", "gpu_ids", "mem_mb", "nodelist", "exclude")
+    __slots__ = ("gpus", "gpu_ids", "mem_mb", "nodelist", "exclude", "nnodes", "node_gpu_ids")
 
-    def __init__(self, gpus=1, gpu_ids=None, mem_mb=None, nodelist=None, exclude=None):
+    def __init__(self, gpus=1, gpu_ids=None, mem_mb=None, nodelist=None, exclude=None, nnodes=None,
+                 node_gpu_ids=None):
         self.gpus = len(gpu_ids) if gpu_ids else gpus
         self.gpu_ids = tuple(gpu_ids) if gpu_ids else None
         self.mem_mb = mem_mb
         self.nodelist = tuple(nodelist) if nodelist else None
         self.exclude = tuple(exclude) if exclude else None
+        # On several hosts: nnodes hosts with `gpus` each, or exact GPUs per host (rank order).
+        self.node_gpu_ids = tuple((name, tuple(ids)) for name, ids in node_gpu_ids) if node_gpu_ids else None
+        self.nnodes = len(self.node_gpu_ids) if self.node_gpu_ids else nnodes
 
     @property
     def exclusive(self):
@@ -200,7 +204,8 @@ class Job:
 
     @property
     def request(self):
-        return ResourceRequest(self.gpus, self.gpu_ids, self.mem_mb, self.nodelist, self.exclude)
+        return ResourceRequest(self.gpus, self.gpu_ids, self.mem_mb, self.nodelist, self.exclude,
+                               self.nnodes, self.node_gpu_ids)
 
     @property
     def end_estimate(self):

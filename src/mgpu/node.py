@@ -110,6 +110,9 @@ def report_message(event):
     if kind == "job_lost":
         return protocol.node_message("job_lost", job_id=event["job_id"], attempt=event["attempt"],
                                      started=bool(event.get("started")), reason=_clip(event.get("reason")))
+    if kind == "job_port":
+        return protocol.node_message("job_port", job_id=event["job_id"], attempt=event["attempt"],
+                                     port=event["port"])
     return None
 
 
@@ -149,6 +152,15 @@ def job_from_launch(record):
     need("start_time", number, "a time")
     for name in ("nodelist", "exclude"):
         need(name, optional(lambda v: isinstance(v, list) and all(is_text(n) for n in v)), "a list of node names")
+
+    def host_gpus(v):
+        return isinstance(v, list) and all(
+            isinstance(p, list) and len(p) == 2 and is_text(p[0]) and isinstance(p[1], list)
+            and all(is_int(g, 0, MAX_GPU_INDEX) for g in p[1]) for p in v)
+
+    for name in ("parts", "node_gpu_ids"):
+        need(name, optional(host_gpus), "a list of [host, [GPU ids]]")
+    need("part_status", optional(lambda v: isinstance(v, list)), "a list")
     return Job.from_dict(record)
 
 
@@ -474,7 +486,7 @@ class NodeDaemon:
         except MgpuError as e:
             raise LinkDown("bad frame from the master: %s" % e.message) from None
         if type_ == "launch":
-            self._launch(fields["job"], fields["env"])
+            self._launch(fields["job"], fields["env"], bool(fields.get("choose_port")))
         elif type_ == "signal":
             self.agent.signal_job(fields["job_id"], fields["attempt"], fields["signum"])
         elif type_ == "release":
@@ -495,7 +507,7 @@ class NodeDaemon:
                      % (self.name, fields["job_id"], fields["attempt"]))
             self.agent.kill_attempt(fields["job_id"], fields["attempt"])
 
-    def _launch(self, record, env):
+    def _launch(self, record, env, choose_port=False):
         try:
             job = job_from_launch(record)
         except ValueError as e:
@@ -516,7 +528,7 @@ class NodeDaemon:
         gpus = ",".join(str(g) for g in job.alloc) or "none"
         self.log("node %s: launch job %d attempt %d as %s on GPUs %s"
                  % (self.name, job.id, job.attempt, job.user, gpus))
-        self.agent.start_job(job, dict(env))
+        self.agent.start_job(job, dict(env), choose_port)
 
 
     def _read_output(self, fields):

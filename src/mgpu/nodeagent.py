@@ -100,8 +100,11 @@ class NodeAgent:
     def record_path(self, job_id, attempt):
         return os.path.join(self.records_dir, "%d.%d.json" % (job_id, attempt))
 
-    def start_job(self, job, env):
-        """Launch one attempt of `job` (a model.Job in RUNNING) with the user's `env`."""
+    def start_job(self, job, env, choose_port=False):
+        """Launch one attempt of `job` (a model.Job in RUNNING) with the user's `env`. With
+        `choose_port` (the rank-0 part of a job on several hosts) a port free on this host
+        becomes MASTER_PORT (and PET_MASTER_PORT with --distributed) and is reported
+        (job_port) for the other parts."""
         if self.remote:
             if self._already_launched(job.id, job.attempt):
                 return  # a launch resent after a reconnect: this attempt is ours already
@@ -151,6 +154,12 @@ class NodeAgent:
             "record": self.record_path(job.id, job.attempt),
             "cgroup": launcher.job_cgroup(self.cgroup_base, job.id, job.attempt),
         }
+        port = None
+        if choose_port:
+            port = launcher.free_port()
+            env["MASTER_PORT"] = str(port)
+            if "PET_MASTER_ADDR" in env:
+                env["PET_MASTER_PORT"] = str(port)
         with self._lock:
             self._supervised[job.id] = _Supervised(job.attempt)
         try:
@@ -158,6 +167,9 @@ class NodeAgent:
         except launcher.HelperGone as e:
             # No way to start jobs: stop, so the service manager restarts the daemon.
             raise MgpuError(errors.INTERNAL, str(e)) from None
+        if port is not None:
+            self.emit({"kind": "job_port", "node": self.name, "job_id": job.id, "attempt": job.attempt,
+                       "port": port})
 
     def signal_job(self, job_id, attempt, signum):
         with self._lock:

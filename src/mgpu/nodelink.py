@@ -32,7 +32,10 @@ class NodeLink:
     def info(self):
         raise NotImplementedError
 
-    def start_job(self, job, env):
+    def start_job(self, job, env, choose_port=False):
+        """Launch one attempt of `job` (for a part of a job on several hosts: a record with
+        that part's GPUs and output). `choose_port`: the rank-0 part picks MASTER_PORT on its
+        host and reports it (job_port)."""
         raise NotImplementedError
 
     def signal_job(self, job_id, attempt, signum):
@@ -92,8 +95,8 @@ class LocalNodeLink(NodeLink):
     def info(self):
         return self.agent.info()
 
-    def start_job(self, job, env):
-        self.agent.start_job(job, env)
+    def start_job(self, job, env, choose_port=False):
+        self.agent.start_job(job, env, choose_port)
 
     def signal_job(self, job_id, attempt, signum):
         self.agent.signal_job(job_id, attempt, signum)
@@ -122,6 +125,7 @@ class RemoteNodeLink(NodeLink):
         self.name = name
         self.connection = connection
         self.address = address
+        self.local_address = None  # the master's address as this node reaches it (set by the master)
         self.log = log
         self.closed = False
         self._reads = {}  # output_read request id -> the queue its stream waits on
@@ -213,8 +217,11 @@ class RemoteNodeLink(NodeLink):
     def info(self):
         return None
 
-    def start_job(self, job, env):
-        self._send("launch", job=job.to_dict(), env=env)
+    def start_job(self, job, env, choose_port=False):
+        if choose_port:
+            self._send("launch", job=job.to_dict(), env=env, choose_port=True)
+        else:
+            self._send("launch", job=job.to_dict(), env=env)
 
     def signal_job(self, job_id, attempt, signum):
         self._send("signal", job_id=job_id, attempt=attempt, signum=signum)

@@ -28,6 +28,9 @@ string in them free of NUL, and every number and size within its limit:
     queue user, state          at most MAX_FILTER characters
     cancel ids                 at most MAX_CANCEL_IDS, each 1 .. MAX_JOB_ID
     attach job_id              1 .. MAX_JOB_ID
+    nnodes                     1 .. MAX_JOB_HOSTS (hosts of one job; with gpus per host)
+    node_gpu_ids               at most MAX_JOB_HOSTS [host, [GPU ids]] pairs: a valid node
+                               name each, GPU ids as gpu_ids
     nodelist, exclude          at most MAX_NODES_NAMED node names, each a valid node name
                                (valid_node_name; known to the master: the controller)
     drain, resume node         1 .. MAX_NODE_NAME characters (the controller: valid_node_name)
@@ -63,6 +66,7 @@ MAX_CANCEL_IDS = 10_000          # job ids in one cancel
 MAX_UMASK = 0o777
 MAX_NODE_NAME = 64               # characters of a node name (see valid_node_name)
 MAX_NODES_NAMED = 1024           # node names in one --nodelist or --exclude
+MAX_JOB_HOSTS = 1024             # hosts of one job (--nodes, --node-gpu-ids)
 MAX_DRAIN_REASON = 256           # characters of drain's reason
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -196,7 +200,8 @@ REQUESTS = {
         "requeue": ((bool,), False), "warn_signal": (_OPT_INT, False),
         "warn_seconds": (_OPT_INT, False), "umask": (_OPT_INT, False),
         "interactive": ((bool,), False), "nodelist": ((list, type(None)), False),
-        "exclude": ((list, type(None)), False),
+        "exclude": ((list, type(None)), False), "nnodes": (_INT, False),
+        "node_gpu_ids": ((list, type(None)), False), "distributed": ((bool,), False),
     },
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
@@ -215,6 +220,7 @@ INT_RANGES = {
     "priority": (-MAX_PRIORITY, MAX_PRIORITY),
     "umask": (0, MAX_UMASK),
     "job_id": (1, MAX_JOB_ID),
+    "nnodes": (1, MAX_JOB_HOSTS),
 }
 
 # String fields: name -> (most, unit): characters ("chars") or UTF-8 bytes ("bytes").
@@ -356,6 +362,18 @@ def _check_submit(fields):
     signum = fields.get("warn_signal")
     if signum is not None and not is_signal(signum):
         _invalid("submit", "warn_signal %s is not a signal" % _show(signum))
+    pairs = fields.get("node_gpu_ids")
+    if pairs is not None:
+        if len(pairs) > MAX_JOB_HOSTS:
+            _invalid("submit", "node_gpu_ids names %d hosts: at most %d" % (len(pairs), MAX_JOB_HOSTS))
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], list)):
+                _bad("submit", "node_gpu_ids must be [host, [GPU ids]] pairs")
+            host, ids = pair
+            if not valid_node_name(host):
+                _invalid("submit", "node_gpu_ids: %s is not a node name" % _show(host))
+            if not ids or len(ids) > MAX_GPUS or not all(_is_int(i) and 0 <= i <= MAX_GPU_INDEX for i in ids):
+                _invalid("submit", "node_gpu_ids: GPU ids on %s go from 0 to %d, at least one" % (host, MAX_GPU_INDEX))
     for name in ("nodelist", "exclude"):
         names = fields.get(name)
         if names is None:
@@ -436,19 +454,21 @@ NODE_MESSAGES = {
     "output_data": {"request_id": (_JOB_ID, True), "data": (("str", MAX_OUTPUT_READ), True),
                     "state": (("str", 16), True)},
     "relay_cancel": {"request_id": (_JOB_ID, True)},
+    "job_port": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "port": (("int", 1, 65535), True)},
     # master -> node
     "output_read": {"request_id": (_JOB_ID, True), "path": (("str", MAX_PATH), True),
                     "user": (("str", 256), True), "offset": (("int", 0, 1 << 62), True),
                     "max_bytes": (("int", 1, MAX_OUTPUT_READ), True)},
     "relay_reply": {"request_id": (_JOB_ID, True), "reply": (("obj", None), True)},
     "relay_frame": {"request_id": (_JOB_ID, True), "frame": (("obj", None), True)},
-    "launch": {"job": (("obj", None), True), "env": (("map", MAX_ENV_ENTRIES, ("str", MAX_COMMAND_BYTES)), True)},
+    "launch": {"job": (("obj", None), True), "env": (("map", MAX_ENV_ENTRIES, ("str", MAX_COMMAND_BYTES)), True),
+               "choose_port": (("bool",), False)},
     "signal": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "signum": (("int", 1, MAX_SIGNAL), True)},
     "release": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
     "kill": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
 }
 NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost",
-                            "relay", "relay_cancel", "output_data"))
+                            "job_port", "relay", "relay_cancel", "output_data"))
 MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill", "relay_reply", "relay_frame",
                             "output_read"))
 OUTPUT_STATES = ("ok", "missing", "refused")  # output_data: read, no such file yet, not readable

@@ -46,8 +46,12 @@ def table(headers, rows):
 
 
 def gpus_cell(job):
-    cell = str(job["gpus"])
-    if job["gpu_ids"]:
+    hosts = job.get("nnodes") or 1
+    if hosts > 1:  # N hosts x G GPUs; which ones: in the NODE:GPUS cell
+        cell = "%dx%d" % (hosts, job["gpus"])
+    else:
+        cell = str(job["gpus"])
+    if job["gpu_ids"] and hosts == 1:
         cell += " (%s)" % ",".join(map(str, job["gpu_ids"]))
     if job.get("mem_mb"):
         cell += " x%dM" % job["mem_mb"]
@@ -66,7 +70,9 @@ def where_or_why(job):
     if state == "PENDING":
         return "(%s)" % text(job.get("reason") or "waiting")
     if state == "RUNNING":
-        cell = "%s:%s" % (text(job["node"]), ",".join(map(str, job["gpu_ids"])) or "-")
+        parts = job.get("nodes") or [{"name": job["node"], "gpu_ids": job["gpu_ids"]}]
+        cell = " ".join("%s:%s" % (text(part["name"]), ",".join(map(str, part["gpu_ids"])) or "-")
+                        for part in parts)
         if job.get("stopping"):
             cell += " (stopping: %s)" % text(job.get("reason") or "")
         return cell

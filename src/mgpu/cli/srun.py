@@ -10,7 +10,7 @@ from mgpu.client import Client
 from mgpu.errors import MgpuError
 from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_duration, parse_gpu_ids, parse_int,
                         parse_signal_spec)
-from mgpu.protocol import MAX_NODE_NAME, MAX_NODES_NAMED, valid_node_name
+from mgpu.protocol import MAX_JOB_HOSTS, MAX_NODE_NAME, MAX_NODES_NAMED, valid_node_name
 
 STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
 
@@ -25,6 +25,9 @@ EXAMPLES = """examples:
   mgpu srun --gpu-ids 0,2 --name eval -- python eval.py   exactly GPUs 0 and 2
   mgpu srun --nodelist gpu3 --gpu-ids 1 -- python eval.py   GPU 1 of host gpu3
   mgpu srun --gpus 2 --exclude gpu1,gpu2 -- python train.py  on any host but gpu1 and gpu2
+  mgpu srun --nodes 2 --gpus-per-node 4 --distributed -- torchrun train.py
+                                                         8 GPUs on 2 hosts; torchrun needs no arguments
+  mgpu srun --node-gpu-ids 'gpu1:0,1;gpu2:0' -- ./run.sh  exactly these GPUs of these hosts
   mgpu srun --mem 20000 -- python small.py               share a GPU: 20000 MB of it
   mgpu srun -i --gpus 1 -- nvidia-smi -L                 wait, stream output, exit with its code
   mgpu srun --env-setup-cmd 'source venv/bin/activate' --output run-%j.log -- python train.py
@@ -37,6 +40,10 @@ def build_parser():
                description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpus", "-G", metavar="N", help="number of GPUs (default 1; 0 for none)")
     p.add_argument("--gpu-ids", metavar="LIST", help="exact physical GPUs, e.g. 0,2 (as nvidia-smi numbers them)")
+    p.add_argument("--nodes", "-N", metavar="N", help="run on N hosts at once (with --gpus-per-node GPUs each); all parts start together")
+    p.add_argument("--gpus-per-node", metavar="G", help="GPUs on each host of the job (default 1)")
+    p.add_argument("--node-gpu-ids", metavar="SPEC", help="exact GPUs per host, e.g. 'gpu1:0,1;gpu2:0' (host order = rank order)")
+    p.add_argument("--distributed", action="store_true", help="also set torchrun's PET_* defaults (nodes, rank, processes per node, rendezvous), so 'torchrun script.py' needs no arguments")
     p.add_argument("--nodelist", "-w", metavar="NODES", help="run on one of these hosts (comma-separated node names, see 'mgpu queue')")
     p.add_argument("--exclude", "-x", metavar="NODES", help="never run on these hosts (comma-separated node names)")
     p.add_argument("--mem", metavar="MB", help="memory per GPU (MB, or with a G suffix); a GPU may then be shared")
@@ -89,6 +96,48 @@ def parse_node_list(text, option):
     return names
 
 
+def parse_node_gpu_ids(text):
+    """`gpu1:0,1;gpu2:0` -> [["gpu1", [0, 1]], ["gpu2", [0]]] (rank order); ValueError otherwise."""
+    pairs = []
+    for item in text.split(";"):
+        host, colon, ids = item.strip().partition(":")
+        if not colon or not host:
+            raise ValueError("--node-gpu-ids %r: write HOST:IDS;HOST:IDS, e.g. 'gpu1:0,1;gpu2:0'" % text[:80])
+        parse_node_list(host, "--node-gpu-ids")
+        if host in [name for name, _ in pairs]:
+            raise ValueError("--node-gpu-ids names %s twice" % host)
+        pairs.append([host, list(parse_gpu_ids(ids))])
+    if len(pairs) > MAX_JOB_HOSTS:
+        raise ValueError("--node-gpu-ids names %d hosts: at most %d" % (len(pairs), MAX_JOB_HOSTS))
+    return pairs
+
+
+def hosts_request(args, gpus, fields):
+    """The request fields of --nodes, --gpus-per-node, --node-gpu-ids and --distributed."""
+    if args.distributed:
+        fields["distributed"] = True
+    nodes = None if args.nodes is None else parse_int(args.nodes, "--nodes", 1, MAX_JOB_HOSTS)
+    per_node = None if args.gpus_per_node is None else parse_int(args.gpus_per_node, "--gpus-per-node", 0, MAX_GPUS)
+    if args.node_gpu_ids is not None:
+        for option, value in (("--gpus", gpus), ("--gpu-ids", args.gpu_ids), ("--gpus-per-node", per_node)):
+            if value is not None:
+                raise ValueError("--node-gpu-ids says which GPUs of each host: leave out %s" % option)
+        pairs = parse_node_gpu_ids(args.node_gpu_ids)
+        if nodes is not None and nodes != len(pairs):
+            raise ValueError("--nodes %d does not match --node-gpu-ids, which names %d hosts" % (nodes, len(pairs)))
+        fields["node_gpu_ids"] = pairs
+        return
+    if nodes is not None and nodes > 1:
+        if gpus is not None or args.gpu_ids is not None:
+            raise ValueError("with --nodes, give the GPUs of each host with --gpus-per-node (or exact ones with "
+                             "--node-gpu-ids), not --gpus or --gpu-ids")
+        fields["nnodes"] = nodes
+    if per_node is not None:
+        if gpus is not None or args.gpu_ids is not None:
+            raise ValueError("give either --gpus or --gpus-per-node")
+        fields["gpus"] = per_node
+
+
 def build_request(args, parser):
     command = list(args.command)
     if command and command[0] == "--":
@@ -116,6 +165,7 @@ def build_request(args, parser):
             value = getattr(args, name)
             if value is not None:
                 fields[name] = parse_node_list(value, "--" + name)
+        hosts_request(args, gpus, fields)
     except ValueError as e:
         raise MgpuError(errors.INVALID_ARGUMENT, str(e)) from None
     cwd = os.path.abspath(args.chdir) if args.chdir else os.getcwd()

@@ -1,0 +1,132 @@
+"""Jobs on several hosts at once, as a user sees them: `srun --nodes 2 --gpus-per-node 1` on two
+node hosts (network namespaces, see test_multinode.py): the environment of each part (hosts,
+rank, MASTER_ADDR and a MASTER_PORT chosen on the rank-0 host that the other host really
+reaches), output per rank, gang start (nothing starts while one host is short), gang failure (a
+part exits 3: the other is stopped, the job FAILED with exit 3), cancel reaching every part,
+requests no cluster could satisfy, and `srun -i` of such a job."""
+
+import json
+import os
+import re
+import secrets
+
+from harness import pids_matching, wait_for
+from test_multinode import ALICE, TERMINAL, home, lab, needs_node, network  # noqa: F401
+
+ENV_NAMES = ("MGPU_NODELIST", "MGPU_NNODES", "MGPU_NODE_RANK", "MGPU_GPUS_PER_NODE", "MGPU_NODE", "MASTER_ADDR",
+             "MASTER_PORT", "PET_NNODES", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_MASTER_ADDR",
+             "PET_MASTER_PORT", "CUDA_VISIBLE_DEVICES")
+
+
+def read_env(path):
+    with open(path) as handle:
+        return dict(line.split("=", 1) for line in handle.read().splitlines() if "=" in line)
+
+
+@needs_node
+def test_each_part_gets_its_hosts_rank_and_a_rendezvous_the_other_host_reaches(lab):
+    cluster = lab.start_cluster()
+    output = os.path.join(home(ALICE), "mh-%j.out")
+    dump = "env | grep -E '^(%s)=' | sort" % "|".join(ENV_NAMES)
+    job = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--distributed", "--output", output,
+                         "--", "sh", "-c", dump)
+    ended = cluster.wait_state(job, TERMINAL)
+    assert ended["state"] == "COMPLETED", ended
+    assert [part["name"] for part in ended["nodes"]] in (["n1", "n2"], ["n2", "n1"]), ended
+    rank0 = read_env(output.replace("%j", str(job)))
+    rank1 = read_env(output.replace("%j", str(job)) + ".rank1")
+    hosts = [part["name"] for part in ended["nodes"]]
+    address = {name: lab.network.address(host) for name, host in lab.node_hosts.items()}
+    for rank, env in enumerate((rank0, rank1)):
+        assert env["MGPU_NODELIST"] == ",".join(hosts) and env["MGPU_NNODES"] == "2", env
+        assert env["MGPU_NODE_RANK"] == str(rank) and env["MGPU_NODE"] == hosts[rank], env
+        assert env["MGPU_GPUS_PER_NODE"] == "1" and env["CUDA_VISIBLE_DEVICES"] in ("0", "1"), env
+        assert env["MASTER_ADDR"] == address[hosts[0]], env
+        assert re.fullmatch(r"[0-9]{1,5}", env["MASTER_PORT"]) and env["MASTER_PORT"] == rank0["MASTER_PORT"], env
+        assert (env["PET_NNODES"], env["PET_NODE_RANK"], env["PET_NPROC_PER_NODE"]) == ("2", str(rank), "1"), env
+        assert (env["PET_MASTER_ADDR"], env["PET_MASTER_PORT"]) == (env["MASTER_ADDR"], env["MASTER_PORT"]), env
+
+    # The rendezvous is real: rank 0 listens on MASTER_PORT, rank 1 on the other host connects.
+    rendezvous = (
+        "import os, socket, sys\n"
+        "addr, port, rank = os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), os.environ['MGPU_NODE_RANK']\n"
+        "if rank == '0':\n"
+        "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('', port)); s.listen(1)\n"
+        "    s.settimeout(30); c, _ = s.accept(); print('rank 0 got', c.recv(100).decode())\n"
+        "else:\n"
+        "    import time\n"
+        "    for _ in range(100):\n"
+        "        try:\n"
+        "            c = socket.create_connection((addr, port), timeout=2); break\n"
+        "        except OSError: time.sleep(0.2)\n"
+        "    c.sendall(b'hello from rank ' + rank.encode() + b' on ' + os.environ['MGPU_NODE'].encode()); print('sent')\n")
+    job = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--output", output,
+                         "--", "python3", "-c", rendezvous)
+    ended = cluster.wait_state(job, TERMINAL, timeout=60)
+    assert ended["state"] == "COMPLETED", ended
+    with open(output.replace("%j", str(job))) as handle:
+        assert handle.read().strip() == "rank 0 got hello from rank 1 on %s" % ended["nodes"][1]["name"]
+
+
+@needs_node
+def test_nothing_starts_until_every_host_has_room(lab):
+    cluster = lab.start_cluster()
+    blocker = cluster.submit(ALICE, "--nodelist", "n1", "--gpus", "2", "--", "sleep", "300.%d" % secrets.randbelow(10**6))
+    cluster.wait_state(blocker, "RUNNING")
+    gang = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--", "true")
+    row = wait_for(lambda: (lambda j: j if j["reason"].startswith("Resources") else None)(cluster.job(gang)),
+                   what="the gang job's reason")
+    assert row["state"] == "PENDING" and "2 hosts" in row["reason"], row
+    assert lab.node_table()["n2"]["state"] == "idle"  # no part started early on the free host
+    assert cluster.run(ALICE, "cancel", blocker).returncode == 0
+    ended = cluster.wait_state(gang, TERMINAL)
+    assert ended["state"] == "COMPLETED" and len(ended["nodes"]) == 2, ended
+
+
+@needs_node
+def test_a_failing_part_stops_the_others_and_the_job_fails_with_its_code(lab):
+    cluster = lab.start_cluster()
+    marker = "300.%d" % secrets.randbelow(10**6)
+    job = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--", "sh", "-c",
+                         'if [ "$MGPU_NODE_RANK" = 1 ]; then sleep 1; exit 3; fi; sleep %s' % marker)
+    ended = cluster.wait_state(job, TERMINAL, timeout=30)
+    assert (ended["state"], ended["exit_code"]) == ("FAILED", 3), ended
+    assert "rank 1" in ended["reason"] and ended["nodes"][1]["name"] in ended["reason"], ended
+    wait_for(lambda: not pids_matching("sleep " + marker), timeout=15, what="rank 0 to be stopped")
+    assert {n["state"] for n in lab.node_table().values() if n["name"] != "head"} == {"idle"}
+
+
+@needs_node
+def test_cancel_reaches_every_part(lab):
+    cluster = lab.start_cluster()
+    marker = "300.%d" % secrets.randbelow(10**6)
+    job = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--", "sleep", marker)
+    running = cluster.wait_state(job, "RUNNING")
+    wait_for(lambda: len(lab.job_pids("sleep " + marker, lab.node_hosts["n1"]) |
+                         lab.job_pids("sleep " + marker, lab.node_hosts["n2"])) == 2,
+             what="both parts running")
+    shown = cluster.run(ALICE, "queue")
+    assert re.search(r"\b2x1\b", shown.stdout) and re.search(r"n[12]:[01] n[12]:[01]", shown.stdout), shown.stdout
+    assert cluster.run(ALICE, "cancel", job).returncode == 0
+    assert cluster.wait_state(job, TERMINAL)["state"] == "CANCELLED"
+    wait_for(lambda: not pids_matching("sleep " + marker), timeout=15, what="every part to end")
+    assert len(running["nodes"]) == 2
+
+
+@needs_node
+def test_requests_no_cluster_could_run_are_refused_and_srun_i_streams_rank_0(lab):
+    cluster = lab.start_cluster()
+    too_many = cluster.run(ALICE, "srun", "--nodes", "3", "--gpus-per-node", "1", "--", "true")
+    assert too_many.returncode == 1 and too_many.stderr.startswith("mgpu: cannot ever run: "), too_many.stderr
+    unknown = cluster.run(ALICE, "srun", "--node-gpu-ids", "n1:0;n9:0", "--", "true")
+    assert unknown.returncode == 1 and "n9" in unknown.stderr, unknown.stderr
+    mixed = cluster.run(ALICE, "srun", "--nodes", "2", "--gpus", "2", "--", "true")
+    assert mixed.returncode == 1 and "--gpus-per-node" in mixed.stderr
+    streamed = cluster.run(ALICE, "srun", "-i", "-q", "--node-gpu-ids", "n2:1;n1:0", "--", "sh", "-c",
+                           'echo "rank $MGPU_NODE_RANK on $MGPU_NODE gpus $CUDA_VISIBLE_DEVICES"; [ "$MGPU_NODE_RANK" = 0 ] && exit 4; exit 0')
+    assert streamed.returncode == 4, (streamed.stdout, streamed.stderr)
+    assert streamed.stdout == "rank 0 on n2 gpus 1\n", streamed.stdout
+    jobs = json.loads(cluster.run(ALICE, "queue", "--json", "--all").stdout)["jobs"]
+    last = max(jobs, key=lambda j: j["id"])
+    assert [(p["name"], p["gpu_ids"]) for p in last["nodes"]] == [("n2", [1]), ("n1", [0])]
+    assert (last["state"], last["exit_code"]) == ("FAILED", 4), last
