@@ -329,6 +329,8 @@ class Controller:
         if error is None and fields.get("interactive"):
             error = logs + "%j.err"
         error = self._expand(error, job_id, user, fields.get("name"), cwd, "--error") if error else None
+        if not request.nnodes:  # %r is the rank of a part: a job on one host is rank 0
+            output, error = output.replace("%r", "0"), error and error.replace("%r", "0")
         job = Job(id=job_id, user=user, uid=uid, gid=peer["gid"], name=fields.get("name"),
                   command=fields["command"], cwd=cwd, output=output, error=error,
                   env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,

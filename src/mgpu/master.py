@@ -461,7 +461,7 @@ class Master:
         try:
             type_, request = protocol.check_request(fields["request"])
             if type_ == "attach":
-                token = self._relayed_attach(link, fields["request_id"])
+                token = self._relayed_attach(link, fields["request_id"], bool(request.get("label")))
         except MgpuError as e:
             token.queue.put(protocol.error_from(e))
             return None
@@ -472,7 +472,7 @@ class Master:
         token.type = type_
         return {"kind": "request", "type": type_, "fields": request, "token": token, "peer": dict(peer)}
 
-    def _relayed_attach(self, link, request_id):
+    def _relayed_attach(self, link, request_id, label=False):
         """The token of a relayed attach: a thread of its own waits for the controller's answer
         and streams the job back through the link. MgpuError when the link has as many streams
         open as it may."""
@@ -482,14 +482,14 @@ class Master:
                             "the most it may; try again later" % (link.name, protocol.MAX_RELAY_STREAMS))
         token = _PendingReply("attach")
         try:
-            threading.Thread(target=self._serve_relayed_stream, args=(stream, token),
+            threading.Thread(target=self._serve_relayed_stream, args=(stream, token, label),
                              name="relay-stream-%s-%d" % (link.name, request_id), daemon=True).start()
         except RuntimeError:  # the host cannot start another thread
             stream.close()
             raise MgpuError(errors.UNAVAILABLE, "the master cannot stream another job right now; try again") from None
         return token
 
-    def _serve_relayed_stream(self, stream, token):
+    def _serve_relayed_stream(self, stream, token, label=False):
         """A relayed attach (its own thread): the controller's answer goes back to the node and,
         when granted, the job's stream follows, as for a client on this host."""
         try:
@@ -500,7 +500,7 @@ class Master:
                                        % transport.REPLY_TIMEOUT)
             stream.reply(reply)
             if reply.get("ok") and not stream.peer_closed():
-                self._stream(stream, reply["result"])
+                self._stream(stream, reply["result"], label)
         except Exception as e:  # a bug in one stream must not leave a traceback behind
             log("internal error streaming through node %s: %s: %s" % (stream.link.name, type(e).__name__, e))
         finally:
@@ -649,7 +649,7 @@ class Master:
             if not connection.reply(reply):
                 return
             if type_ == "attach" and reply.get("ok"):
-                self._stream(connection, reply["result"])
+                self._stream(connection, reply["result"], bool(fields.get("label")))
                 return
 
     def _call(self, type_, fields, peer):
@@ -665,14 +665,15 @@ class Master:
         except queue.Empty:
             return protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s" % transport.REPLY_TIMEOUT)
 
-    def _stream(self, connection, row):
+    def _stream(self, connection, row, label=False):
         """Stream a job to an `srun -i`: status while it waits, its output while it runs, and a
         last frame with its final state. Ends when the job ends or the client goes away.
         `connection`: anything with send(frame) and peer_closed(): a client's Connection, or a
-        nodelink.RelayStream for a client on a node's host."""
+        nodelink.RelayStream for a client on a node's host. A job on several hosts streams its
+        rank 0; with `label`, every part, each line prefixed with its rank."""
         watcher = _Watcher(row["id"])
         self.events.put({"kind": "watch", "watcher": watcher})
-        files = {}
+        files, partial = {}, {}
         last_status = None
         uid = row["uid"]
         last_sent = time.monotonic()
@@ -693,7 +694,7 @@ class Master:
                     last_sent = time.monotonic()
                 # Read output only once the job has opened (and truncated) its files.
                 if row["started"] or state in JobState.FINAL:
-                    self._pump_output(connection, row, uid, files, final=state in JobState.FINAL)
+                    self._pump_output(connection, row, uid, files, state in JobState.FINAL, label, partial)
                 if state in JobState.FINAL:
                     connection.send({"type": "end", "job": row})
                     return
@@ -710,26 +711,35 @@ class Master:
                 if output is not None:
                     output.close()
 
-    def _pump_output(self, connection, row, uid, files, final):
-        link = self.links.get(row["node"])
-        if link is None:
-            return
-        streams = [("stdout", row["output"])]
-        if row.get("error") and row["error"] != row["output"]:
-            streams.append(("stderr", row["error"]))
-        for stream, path in streams:
-            output = files.get(stream)
-            if output is None:
-                output = files[stream] = link.open_output(path, uid, row["user"])
+    def _pump_output(self, connection, row, uid, files, final, label=False, partial=None):
+        """Send what the job's output files (of rank 0, or of every part with `label`) hold
+        beyond what was sent. Labelled output goes line by line ("1: text"): the end of a line
+        cut short by a read waits in `partial` for the rest (or for the job's end)."""
+        parts = row.get("nodes") or [{"name": row["node"]}]
+        labelled = label and len(parts) > 1
+        for rank in range(len(parts)) if labelled else (0,):
+            link = self.links.get(parts[rank]["name"])
+            if link is None:
+                continue
+            streams = [("stdout", part_path(row["output"], rank, len(parts)))]
+            if row.get("error") and row["error"] != row["output"]:
+                streams.append(("stderr", part_path(row["error"], rank, len(parts))))
+            for stream, path in streams:
+                key = (rank, stream)
+                output = files.get(key)
                 if output is None:
-                    continue
-            while True:
-                chunk = output.read(OUTPUT_CHUNK)
-                if not chunk:
-                    break
-                connection.send({"type": "output", "stream": stream, "data": chunk.decode("latin-1")})
-                if len(chunk) < OUTPUT_CHUNK and not final:
-                    break
+                    output = files[key] = link.open_output(path, uid, row["user"])
+                    if output is None:
+                        continue
+                while True:
+                    chunk = output.read(OUTPUT_CHUNK)
+                    last = not chunk or (len(chunk) < OUTPUT_CHUNK and not final)
+                    if labelled:
+                        chunk = _labelled(partial, key, chunk, final and not chunk)
+                    if chunk:
+                        connection.send({"type": "output", "stream": stream, "data": chunk.decode("latin-1")})
+                    if last:
+                        break
 
 
 class _RelayedReply:
@@ -802,17 +812,32 @@ def gang_environment(job, rank, master_addr):
     return env
 
 
+def part_path(path, rank, parts=2):
+    """Where part `rank` of a job writes what the job's --output or --error names: %r is the
+    rank; without it, rank N > 0 writes to NAME.rankN (a one-host job: the path itself)."""
+    if not path or parts < 2:
+        return path
+    if "%r" in path:
+        return path.replace("%r", str(rank))
+    return "%s.rank%d" % (path, rank) if rank else path
+
+
+def _labelled(partial, key, chunk, flush):
+    """`chunk` of part key[0]'s output as whole lines, each prefixed with the rank; the end of
+    a line cut short waits in `partial` until its newline comes, or `flush`."""
+    lines = (partial.get(key, b"") + chunk).split(b"\n")
+    rest = lines.pop()
+    if flush and rest:
+        lines.append(rest)
+        rest = b""
+    partial[key] = rest
+    return b"".join(b"%d: " % key[0] + line + b"\n" for line in lines)
+
+
 def part_record(job, rank):
     """The job as the host of part `rank` runs it: that part's GPUs, and its own output files
     (%r in --output/--error is the rank; without it, rank N > 0 writes to NAME.rankN)."""
     part = Job.from_dict(job.to_dict())
     part.node, part.alloc = job.parts[rank][0], tuple(job.parts[rank][1])
-    for name in ("output", "error"):
-        path = getattr(job, name)
-        if path:
-            if "%r" in path:
-                path = path.replace("%r", str(rank))
-            elif rank:
-                path = "%s.rank%d" % (path, rank)
-            setattr(part, name, path)
+    part.output, part.error = part_path(job.output, rank), part_path(job.error, rank)
     return part

@@ -205,7 +205,7 @@ REQUESTS = {
     },
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
-    "attach": {"job_id": (_INT, True)},
+    "attach": {"job_id": (_INT, True), "label": ((bool,), False)},
     "drain": {"node": (_STR, True), "reason": (_OPT_STR, False)},
     "resume": {"node": (_STR, True)},
     "ping": {},

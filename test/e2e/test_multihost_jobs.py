@@ -130,3 +130,24 @@ def test_requests_no_cluster_could_run_are_refused_and_srun_i_streams_rank_0(lab
     last = max(jobs, key=lambda j: j["id"])
     assert [(p["name"], p["gpu_ids"]) for p in last["nodes"]] == [("n2", [1]), ("n1", [0])]
     assert (last["state"], last["exit_code"]) == ("FAILED", 4), last
+
+
+@needs_node
+def test_label_streams_every_part_and_percent_r_names_each_parts_file(lab):
+    cluster = lab.start_cluster()
+    output = os.path.join(home(ALICE), "label-%j-%r.out")
+    script = 'echo "hello from $MGPU_NODE_RANK"; sleep 0.3; printf "no newline $MGPU_NODE_RANK"'
+    labelled = cluster.run(ALICE, "srun", "-i", "-q", "--parsable", "--label", "--nodes", "2", "--gpus-per-node", "1",
+                           "--output", output, "--", "sh", "-c", script)
+    assert labelled.returncode == 0, labelled.stderr
+    assert sorted(labelled.stdout.splitlines()) == ["0: hello from 0", "0: no newline 0", "1: hello from 1",
+                                                    "1: no newline 1"], labelled.stdout
+    job = int(labelled.stderr.split()[0])
+    for rank in (0, 1):
+        with open(output.replace("%j", str(job)).replace("%r", str(rank))) as handle:
+            assert handle.read() == "hello from %d\nno newline %d" % (rank, rank)
+    plain = cluster.run(ALICE, "srun", "-i", "-q", "--nodes", "2", "--gpus-per-node", "1", "--output", output,
+                        "--", "sh", "-c", script)
+    assert (plain.returncode, plain.stdout) == (0, "hello from 0\nno newline 0"), plain
+    alone = cluster.run(ALICE, "srun", "--label", "--", "true")
+    assert alone.returncode == 2 and "give -i too" in alone.stderr

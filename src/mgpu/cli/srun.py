@@ -58,6 +58,7 @@ def build_parser():
     p.add_argument("--error", "-e", metavar="PATH", help="separate file for stderr (default: with the output; with -i ~/.mgpu/logs/%%j.err)")
     p.add_argument("--env-setup-cmd", metavar="CMD", help="shell code run before COMMAND in the job's shell, e.g. 'source venv/bin/activate'")
     p.add_argument("--interactive", "-i", action="store_true", help="wait for the job, stream its stdout and stderr, exit with its exit code (Ctrl+C detaches)")
+    p.add_argument("--label", action="store_true", help="with -i, for a job on several hosts: stream every part's output, each line prefixed with its rank (default: rank 0's)")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--quiet", "-q", action="store_true", help="with -i, do not report queue position and start")
     p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -144,6 +145,8 @@ def build_request(args, parser):
         command = command[1:]
     if not command:
         parser.error("no command given: mgpu srun [options] -- COMMAND [ARGS...]")
+    if args.label and not args.interactive:
+        parser.error("--label labels the output srun -i streams: give -i too")
     fields = {"command": command, "requeue": args.requeue, "interactive": args.interactive}
     try:
         gpus = None if args.gpus is None else parse_int(args.gpus, "--gpus", 0, MAX_GPUS)
@@ -199,19 +202,22 @@ def main(argv):
             return 0
         if args.parsable:
             print(job_id, file=sys.stderr)
-        return follow(client, job_id, args.quiet)
+        return follow(client, job_id, args.quiet, args.label)
     finally:
         client.close()
 
 
-def follow(client, job_id, quiet):
+def follow(client, job_id, quiet, label=False):
     """Stream a job until it ends; the job's exit code, or 130 when the user detaches."""
     from mgpu.cli.render import text  # reasons and names come from other users and jobs
     say = (lambda line: None) if quiet else (lambda line: _stderr("mgpu: " + text(line) + "\n"))
     out, err = sys.stdout.buffer, sys.stderr.buffer
     running = False
     try:
-        client.send("attach", job_id=job_id)
+        if label:
+            client.send("attach", job_id=job_id, label=True)
+        else:
+            client.send("attach", job_id=job_id)
         reply = client.read(STREAM_READ_TIMEOUT)
         if reply.get("ok") is False:
             raise MgpuError(reply.get("error", errors.INTERNAL), reply.get("message", "attach failed"))
