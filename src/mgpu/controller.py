@@ -167,7 +167,10 @@ MAX_LAUNCH_FAILURES = 3
 # hosts, "part_failed": a part failed, the others get the two-stage stop and the job ends FAILED;
 # "launch_failed": a part could not start, the others get SIGKILL and the job goes back to the
 # queue (see _launch_failed).
-STOP_VERBS = {"cancel": "cancel", "timeout": "time limit", "slice": "time slice", "part_failed": "stop"}
+# "mpi_done": the command of an --mpi job (rank 0) ended with 0; the parts that only held their
+# hosts' GPUs are stopped and the job ends COMPLETED.
+STOP_VERBS = {"cancel": "cancel", "timeout": "time limit", "slice": "time slice", "part_failed": "stop",
+              "mpi_done": "stop"}
 
 
 class Controller:
@@ -302,6 +305,9 @@ class Controller:
             nnodes = len(node_gpu_ids) if node_gpu_ids else None
         if nnodes is not None and nnodes < 2:
             nnodes = None
+        if fields.get("mpi") and not nnodes:
+            raise MgpuError(errors.INVALID_ARGUMENT, "--mpi runs mpirun on the first of several hosts: "
+                            "give --nodes (or --node-gpu-ids of several hosts)")
         if nnodes and gpu_ids is not None:
             raise MgpuError(errors.INVALID_ARGUMENT, "a job on several hosts gives its GPUs per host "
                             "(gpus, or node_gpu_ids), not gpu_ids")
@@ -336,7 +342,7 @@ class Controller:
                   env_setup=fields.get("env_setup"), gpus=request.gpus, gpu_ids=request.gpu_ids,
                   mem_mb=request.mem_mb, nodelist=request.nodelist, exclude=request.exclude,
                   nnodes=request.nnodes, node_gpu_ids=request.node_gpu_ids,
-                  distributed=bool(fields.get("distributed")) or None,
+                  distributed=bool(fields.get("distributed")) or None, mpi=bool(fields.get("mpi")) or None,
                   time_limit=time_limit, priority=priority,
                   requeue=bool(fields.get("requeue")), warn_signal=warn_signal,
                   warn_seconds=warn_seconds, submit_time=now,
@@ -737,7 +743,8 @@ class Controller:
         """A part ended. An exit 0 waits for the others. The first failure while no stop is under
         way decides: a part whose launch was refused (an error before it started) is a failed
         launch (see _launch_failed); a part that ran and failed stops the others (two-stage) and
-        the job will end FAILED with its exit code. Rank 0 ending with 0 before the other ranks
+        the job will end FAILED with its exit code. With --mpi, rank 0 (the one that runs the
+        command) ending with 0 stops the parts that hold GPUs for it, and the job completes. Rank 0 ending with 0 before the other ranks
         were launched is a failed launch too: they can no longer be. Once no part runs, the job
         ends (see _end_gang)."""
         status = job.part_status[rank]
@@ -756,6 +763,10 @@ class Controller:
                     actions = self._stop(job, "part_failed", now, failure)
                 else:
                     job.stop_cause, job.reason = "part_failed", failure
+            elif job.mpi and rank == 0:
+                # The command (rank 0) is done: the other parts only held GPUs for it.
+                if _open_parts(job):
+                    actions = self._stop(job, "mpi_done", now, "")
             elif job.master_port is None:
                 actions = self._launch_failed(job, rank, "it exited before the other ranks were launched")
         if _open_parts(job):

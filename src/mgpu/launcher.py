@@ -878,6 +878,10 @@ def _exec_job(spec, go_read, error_write):
         if log_dir:
             stage = "cannot create the log directory %s" % log_dir
             _private_log_dir(log_dir)
+        hostfile = spec.get("hostfile")
+        if hostfile:
+            stage = "cannot write the MPI hostfile %s" % hostfile["path"]
+            _write_private_file(hostfile["path"], hostfile["content"])
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOCTTY | os.O_CLOEXEC
         flags |= os.O_TRUNC if spec["truncate"] else os.O_APPEND
         stage = "cannot open output %s" % spec["output"]
@@ -910,6 +914,17 @@ def _exec_job(spec, go_read, error_write):
         os.write(error_write, message.encode("utf-8", "replace")[:1000])
     finally:
         os._exit(code)
+
+
+def _write_private_file(path, content):
+    """Write a file of the job's own (its directory made 0700 if missing), as the user: never
+    through a symbolic link."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, content.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def _private_log_dir(log_dir):

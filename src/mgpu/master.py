@@ -834,10 +834,16 @@ def _labelled(partial, key, chunk, flush):
     return b"".join(b"%d: " % key[0] + line + b"\n" for line in lines)
 
 
+MPI_HOLDER = ("sleep", "infinity")  # what a part of an --mpi job other than rank 0 runs
+
+
 def part_record(job, rank):
     """The job as the host of part `rank` runs it: that part's GPUs, and its own output files
-    (%r in --output/--error is the rank; without it, rank N > 0 writes to NAME.rankN)."""
+    (%r in --output/--error is the rank; without it, rank N > 0 writes to NAME.rankN). With
+    --mpi only rank 0 runs the command; the others hold their GPUs until it ends."""
     part = Job.from_dict(job.to_dict())
     part.node, part.alloc = job.parts[rank][0], tuple(job.parts[rank][1])
     part.output, part.error = part_path(job.output, rank), part_path(job.error, rank)
+    if job.mpi and rank:  # mpirun on rank 0 starts the processes: this part holds the GPUs
+        part.command, part.env_setup = list(MPI_HOLDER), None
     return part

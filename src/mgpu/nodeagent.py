@@ -154,6 +154,13 @@ class NodeAgent:
             "record": self.record_path(job.id, job.attempt),
             "cgroup": launcher.job_cgroup(self.cgroup_base, job.id, job.attempt),
         }
+        if job.mpi and job.parts and job.node == job.parts[0][0]:
+            # Rank 0 of an --mpi job runs mpirun: an Open MPI hostfile of the job's hosts, one
+            # slot per GPU, written as the user before the command starts.
+            path = os.path.join(home, ".mgpu", "hostfiles", "%d.%d.hosts" % (job.id, job.attempt))
+            spec["hostfile"] = {"path": path, "content": "".join(
+                "%s slots=%d\n" % (host, max(len(ids), 1)) for host, ids in job.parts)}
+            env["MGPU_HOSTFILE"] = path
         port = None
         if choose_port:
             port = launcher.free_port()

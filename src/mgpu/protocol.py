@@ -201,7 +201,7 @@ REQUESTS = {
         "warn_seconds": (_OPT_INT, False), "umask": (_OPT_INT, False),
         "interactive": ((bool,), False), "nodelist": ((list, type(None)), False),
         "exclude": ((list, type(None)), False), "nnodes": (_INT, False),
-        "node_gpu_ids": ((list, type(None)), False), "distributed": ((bool,), False),
+        "node_gpu_ids": ((list, type(None)), False), "distributed": ((bool,), False), "mpi": ((bool,), False),
     },
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},

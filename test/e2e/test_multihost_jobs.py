@@ -151,3 +151,33 @@ def test_label_streams_every_part_and_percent_r_names_each_parts_file(lab):
     assert (plain.returncode, plain.stdout) == (0, "hello from 0\nno newline 0"), plain
     alone = cluster.run(ALICE, "srun", "--label", "--", "true")
     assert alone.returncode == 2 and "give -i too" in alone.stderr
+
+
+@needs_node
+def test_mpi_runs_the_command_on_rank_0_with_a_hostfile_while_the_others_hold_their_gpus(lab):
+    cluster = lab.start_cluster()
+    output = os.path.join(home(ALICE), "mpi-%j.out")
+    script = 'cat "$MGPU_HOSTFILE"; echo "rank=$MGPU_NODE_RANK file=$MGPU_HOSTFILE"; sleep 1'
+    job = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--mpi", "--output", output,
+                         "--", "sh", "-c", script)
+    running = cluster.wait_state(job, "RUNNING")
+    wait_for(lambda: pids_matching("sleep infinity") & lab.network.pids(lab.node_hosts[running["nodes"][1]["name"]]),
+             what="the holder of rank 1's GPUs")
+    ended = cluster.wait_state(job, TERMINAL, timeout=30)
+    assert (ended["state"], ended["exit_code"]) == ("COMPLETED", 0), ended
+    hosts = [part["name"] for part in ended["nodes"]]
+    with open(output.replace("%j", str(job))) as handle:
+        lines = handle.read().splitlines()
+    assert lines[:2] == ["%s slots=1" % hosts[0], "%s slots=1" % hosts[1]], lines
+    assert lines[2].startswith("rank=0 file=%s/.mgpu/hostfiles/" % home(ALICE)), lines
+    hostfile = lines[2].split("file=", 1)[1]
+    info = os.stat(hostfile)
+    assert (info.st_mode & 0o777, info.st_uid) == (0o600, running["uid"])
+    wait_for(lambda: not (pids_matching("sleep infinity") & lab.network.pids(lab.node_hosts[hosts[1]])),
+             timeout=15, what="the holder to be stopped")
+
+    failed = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--mpi", "--", "sh", "-c", "exit 3")
+    ended = cluster.wait_state(failed, TERMINAL, timeout=30)
+    assert (ended["state"], ended["exit_code"]) == ("FAILED", 3), ended
+    alone = cluster.run(ALICE, "srun", "--mpi", "--", "true")
+    assert alone.returncode == 1 and "--nodes" in alone.stderr

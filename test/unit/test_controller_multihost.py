@@ -560,3 +560,37 @@ def test_jobs_on_one_host_launch_and_end_as_before():
     assert port(c) == []  # a port report means nothing for a job on one host
     assert rows_by_id(c)[1]["nodes"] == [{"name": "n1", "gpu_ids": [0]}]
     assert exited(c, 1, T0 + 1) == [Saved(1, COMPLETED, ANY), Release("n1", 1, 1), Logged("end job 1")]
+
+
+# ---------------------------------------------------------------------------------------------
+# --mpi: rank 0 runs the command, the others hold their GPUs until it ends
+
+def test_mpi_rank_0_done_stops_the_holders_and_the_job_completes():
+    c = cluster(gang(mpi=True), kill_grace=5)
+    launched(c)
+    actions = ended(c, "n1", T0 + 30)
+    assert signals(actions) == [("n2", signal.SIGTERM)]
+    assert c.jobs[1].state == RUNNING and c.jobs[1].stop_cause == "mpi_done"
+    final = ended(c, "n2", T0 + 31, exit_code=143, signum=signal.SIGTERM)
+    job = c.jobs[1]
+    assert (job.state, job.exit_code, job.reason) == (COMPLETED, 0, "")
+    assert releases(final) == ["n1", "n2"]
+
+
+def test_mpi_rank_0_failing_fails_the_job_with_its_code():
+    c = cluster(gang(mpi=True))
+    launched(c)
+    assert signals(ended(c, "n1", T0 + 30, exit_code=3)) == [("n2", signal.SIGTERM)]
+    ended(c, "n2", T0 + 31, exit_code=143, signum=signal.SIGTERM)
+    job = c.jobs[1]
+    assert (job.state, job.exit_code) == (JobState.FAILED, 3) and "rank 0 on n1" in job.reason
+
+
+def test_mpi_rank_0_done_before_the_others_were_launched_completes_the_job():
+    c = cluster(gang(mpi=True))
+    c.schedule(T0)
+    started(c, "n1")
+    actions = ended(c, "n1", T0 + 1)  # before its host's port came: the holders never started
+    job = c.jobs[1]
+    assert (job.state, job.exit_code) == (COMPLETED, 0) and releases(actions) == ["n1"]
+    assert port(c, node="n1", attempt=1) == []

@@ -154,3 +154,29 @@ def test_each_part_writes_its_own_output_files():
     assert (first.node, first.alloc, first.output, first.error) == ("n2", (1, 3), "/w/o-0.log", "/w/e.log")
     assert (second.node, second.alloc, second.output, second.error) == ("n1", (0, 1), "/w/o-1.log", "/w/e.log.rank1")
     assert (job.node, job.alloc, job.output) == ("n2", (1, 3), "/w/o-%r.log")  # the job itself is unchanged
+
+
+def test_mpi_parts_other_than_rank_0_hold_their_gpus():
+    job = placed(mpi=True, env_setup="source venv/bin/activate")
+    assert part_record(job, 0).command == ["true"] and part_record(job, 0).env_setup == "source venv/bin/activate"
+    assert (part_record(job, 1).command, part_record(job, 1).env_setup) == (["sleep", "infinity"], None)
+
+
+def test_mpi_needs_several_hosts():
+    c = make(nodes={"n1": 2, "n2": 2})
+    assert "--nodes" in refused(submit(c, mpi=True), errors.INVALID_ARGUMENT)
+    assert c.jobs[submitted(c, mpi=True, nnodes=2, gpus=1)].mpi is True
+
+
+def test_the_hostfile_is_written_as_a_private_file_never_through_a_link(tmp_path):
+    from mgpu import launcher
+    path = tmp_path / "hostfiles" / "7.1.hosts"
+    launcher._write_private_file(str(path), "n1 slots=2\nn2 slots=2\n")
+    assert path.read_text() == "n1 slots=2\nn2 slots=2\n"
+    assert (path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    path.unlink()
+    target = tmp_path / "elsewhere"
+    path.symlink_to(target)
+    with pytest.raises(OSError):
+        launcher._write_private_file(str(path), "x")
+    assert not target.exists()

@@ -28,6 +28,7 @@ EXAMPLES = """examples:
   mgpu srun --nodes 2 --gpus-per-node 4 --distributed -- torchrun train.py
                                                          8 GPUs on 2 hosts; torchrun needs no arguments
   mgpu srun --node-gpu-ids 'gpu1:0,1;gpu2:0' -- ./run.sh  exactly these GPUs of these hosts
+  mgpu srun --nodes 2 --gpus-per-node 4 --mpi -- sh -c 'mpirun --hostfile $MGPU_HOSTFILE ./app'
   mgpu srun --mem 20000 -- python small.py               share a GPU: 20000 MB of it
   mgpu srun -i --gpus 1 -- nvidia-smi -L                 wait, stream output, exit with its code
   mgpu srun --env-setup-cmd 'source venv/bin/activate' --output run-%j.log -- python train.py
@@ -44,6 +45,7 @@ def build_parser():
     p.add_argument("--gpus-per-node", metavar="G", help="GPUs on each host of the job (default 1)")
     p.add_argument("--node-gpu-ids", metavar="SPEC", help="exact GPUs per host, e.g. 'gpu1:0,1;gpu2:0' (host order = rank order)")
     p.add_argument("--distributed", action="store_true", help="also set torchrun's PET_* defaults (nodes, rank, processes per node, rendezvous), so 'torchrun script.py' needs no arguments")
+    p.add_argument("--mpi", action="store_true", help="for mpirun: write an Open MPI hostfile of the job's hosts (MGPU_HOSTFILE, slots = GPUs per host) and run COMMAND on the first host only, the others holding their GPUs")
     p.add_argument("--nodelist", "-w", metavar="NODES", help="run on one of these hosts (comma-separated node names, see 'mgpu queue')")
     p.add_argument("--exclude", "-x", metavar="NODES", help="never run on these hosts (comma-separated node names)")
     p.add_argument("--mem", metavar="MB", help="memory per GPU (MB, or with a G suffix); a GPU may then be shared")
@@ -117,6 +119,8 @@ def hosts_request(args, gpus, fields):
     """The request fields of --nodes, --gpus-per-node, --node-gpu-ids and --distributed."""
     if args.distributed:
         fields["distributed"] = True
+    if args.mpi:
+        fields["mpi"] = True
     nodes = None if args.nodes is None else parse_int(args.nodes, "--nodes", 1, MAX_JOB_HOSTS)
     per_node = None if args.gpus_per_node is None else parse_int(args.gpus_per_node, "--gpus-per-node", 0, MAX_GPUS)
     if args.node_gpu_ids is not None:
