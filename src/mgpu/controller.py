@@ -1029,7 +1029,8 @@ class Controller:
                 waiting[job_id] = "Resources: no node takes jobs" + suffix
             elif reason.startswith("Resources: no node that is up"):
                 waiting[job_id] = reason + suffix
-            elif reason == scheduler.NO_ALLOWED_NODE_UP or reason.startswith("Resources: no node it may use"):
+            elif (reason == scheduler.NO_ALLOWED_NODE_UP or reason.startswith("Resources: no node it may use")
+                  or _short_of_hosts(self.pending.get(job_id), reason)):
                 job = self.pending.get(job_id)
                 if job is None:
                     continue
@@ -1200,6 +1201,12 @@ def _launched(job, rank):
     """Whether the part of `rank` of a job on several hosts was sent its launch: rank 0 at the
     start, the others once rank 0's host reported the port (master_port)."""
     return rank == 0 or job.master_port is not None
+
+
+def _short_of_hosts(job, reason):
+    """Whether a job on several hosts waits because too few of its hosts are up."""
+    return (job is not None and job.multi_host and reason.startswith("Resources:")
+            and ("not up" in reason or reason.startswith(("Resources: fewer than", "Resources: no "))))
 
 
 def _ended(status):

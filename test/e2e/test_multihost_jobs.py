@@ -9,6 +9,7 @@ import json
 import os
 import re
 import secrets
+import time
 
 from harness import pids_matching, wait_for
 from test_multinode import ALICE, TERMINAL, home, lab, needs_node, network  # noqa: F401
@@ -181,3 +182,34 @@ def test_mpi_runs_the_command_on_rank_0_with_a_hostfile_while_the_others_hold_th
     assert (ended["state"], ended["exit_code"]) == ("FAILED", 3), ended
     alone = cluster.run(ALICE, "srun", "--mpi", "--", "true")
     assert alone.returncode == 1 and "--nodes" in alone.stderr
+
+
+@needs_node
+def test_a_time_limit_reaches_every_part(lab):
+    cluster = lab.start_cluster()
+    marker = "300.%d" % secrets.randbelow(10**6)
+    job = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--time-limit", "2", "--", "sleep", marker)
+    ended = cluster.wait_state(job, TERMINAL, timeout=20)
+    assert ended["state"] == "TIMEOUT", ended
+    wait_for(lambda: not pids_matching("sleep " + marker), timeout=10, what="every part to end")
+
+
+@needs_node
+def test_a_host_lost_past_the_timeout_ends_the_whole_job_and_its_leftover_part_is_killed(lab):
+    node_timeout = 3
+    cluster = lab.start_cluster(node_timeout=node_timeout)
+    marker = "300.%d" % secrets.randbelow(10**6)
+    job = cluster.submit(ALICE, "--node-gpu-ids", "n1:0;n2:0", "--", "sleep", marker)
+    cluster.wait_state(job, "RUNNING")
+    for host in ("h1", "h2"):
+        wait_for(lambda: lab.job_pids("sleep " + marker, host), what="the part in %s" % host)
+    lab.network.cut("h2")
+    ended = cluster.wait_state(job, TERMINAL, timeout=node_timeout + 10)
+    assert ended["state"] == "NODE_FAIL" and "rank 1 on n2" in ended["reason"], ended
+    wait_for(lambda: not lab.job_pids("sleep " + marker, "h1"), timeout=10, what="rank 0 on n1 to be killed")
+    time.sleep(1)
+    lab.network.restore("h2")
+    lab.wait_nodes({"n2": ("idle",)}, timeout=15)
+    wait_for(lambda: not lab.job_pids("sleep " + marker, "h2"), timeout=10,
+             what="n2 to kill the part the master ended\nn2 log:\n" + lab.nodes["n2"].log[-2000:])
+    assert cluster.job(job)["state"] == "NODE_FAIL"

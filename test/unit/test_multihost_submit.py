@@ -180,3 +180,15 @@ def test_the_hostfile_is_written_as_a_private_file_never_through_a_link(tmp_path
     with pytest.raises(OSError):
         launcher._write_private_file(str(path), "x")
     assert not target.exists()
+
+
+def test_a_job_on_several_hosts_waiting_for_a_drained_one_says_so():
+    from test_controller import request, ROOT
+    c = make(nodes={"n1": 2, "n2": 2})
+    request(c, "drain", {"node": "n2", "reason": "fans"}, ROOT)
+    exact = submitted(c, node_gpu_ids=[["n1", [0]], ["n2", [0]]])
+    counted = submitted(c, nnodes=2, gpus=1)
+    c.schedule(1000.0)
+    reasons = {r["id"]: r["reason"] for r in queue(c)["jobs"]}
+    assert reasons[exact].startswith("Resources:") and reasons[exact].endswith("(drained: n2)"), reasons
+    assert reasons[counted].startswith("Resources:") and reasons[counted].endswith("(drained: n2)"), reasons
