@@ -240,6 +240,9 @@ def follow(client, job_id, quiet, label=False):
                 running = job["state"] != "PENDING"
                 if not running:
                     line = "job %d queued (position %s): %s" % (job_id, job.get("position") or "?", job.get("reason") or "waiting")
+                elif len(job.get("nodes") or ()) > 1:
+                    line = "job %d running on %s" % (job_id, " ".join(
+                        "%s:%s" % (part["name"], ",".join(map(str, part["gpu_ids"])) or "-") for part in job["nodes"]))
                 else:
                     gpus = ",".join(map(str, job["gpu_ids"])) or "none"
                     line = "job %d running on %s, GPUs %s" % (job_id, job.get("node"), gpus)
