@@ -127,12 +127,12 @@ def test_requests_no_cluster_could_run_are_refused_and_srun_i_streams_rank_0(lab
                            'echo "rank $MGPU_NODE_RANK on $MGPU_NODE gpus $CUDA_VISIBLE_DEVICES"; [ "$MGPU_NODE_RANK" = 0 ] && exit 4; exit 0')
     assert streamed.returncode == 4, (streamed.stdout, streamed.stderr)
     assert streamed.stdout == "rank 0 on n2 gpus 1\n", streamed.stdout
-    verbose = cluster.run(ALICE, "srun", "-i", "--node-gpu-ids", "n1:1;n2:0", "--", "sleep", "1")
-    assert verbose.returncode == 0 and re.search(r"running on n1:1 n2:0$", verbose.stderr, re.M), verbose.stderr
     jobs = json.loads(cluster.run(ALICE, "queue", "--json", "--all").stdout)["jobs"]
     last = max(jobs, key=lambda j: j["id"])
     assert [(p["name"], p["gpu_ids"]) for p in last["nodes"]] == [("n2", [1]), ("n1", [0])]
     assert (last["state"], last["exit_code"]) == ("FAILED", 4), last
+    verbose = cluster.run(ALICE, "srun", "-i", "--node-gpu-ids", "n1:1;n2:0", "--", "sleep", "1")
+    assert verbose.returncode == 0 and re.search(r"running on n1:1 n2:0$", verbose.stderr, re.M), verbose.stderr
 
 
 @needs_node
