@@ -230,8 +230,11 @@ def cgroup_base_path(state_dir):
 
 
 def cgroup_base(state_dir):
-    """The directory under which this daemon instance creates one cgroup per job attempt
-    (created here), or None where no writable cgroup v2 hierarchy is offered."""
+    """The directory under which this daemon instance creates one cgroup per job attempt, or
+    None where no writable cgroup v2 hierarchy is offered. It is made here to check that, then
+    removed again unless jobs' groups are in it: the first job's supervisor makes it (see
+    _make_job_cgroup) and the last job's end removes it, so a daemon killed while it runs no
+    job leaves nothing behind."""
     base = cgroup_base_path(state_dir)
     if base is None:
         return None
@@ -239,9 +242,9 @@ def cgroup_base(state_dir):
         os.makedirs(base, exist_ok=True)
     except OSError:
         return None
-    if not (os.access(os.path.join(base, "cgroup.procs"), os.W_OK) and os.access(base, os.W_OK)):
-        return None
-    return base
+    usable = os.access(os.path.join(base, "cgroup.procs"), os.W_OK) and os.access(base, os.W_OK)
+    remove_cgroup_base(base)
+    return base if usable else None
 
 
 def job_cgroup(base, job_id, attempt):

@@ -346,3 +346,5 @@ def test_cancel_reaches_a_process_that_left_the_job_session(cluster):
     cluster.wait_state(job, "CANCELLED")
     assert not _alive(escaped)
     wait_for(lambda: not os.path.exists(record["cgroup"]), what="the job's cgroup to be removed")
+    # The daemon's directory above it goes with its last job (and a killed daemon leaves none).
+    wait_for(lambda: not os.path.exists(os.path.dirname(record["cgroup"])), what="the master's cgroup directory to go")

@@ -166,3 +166,16 @@ def test_the_helper_starts_what_is_in_its_pipe_before_it_exits(tmp_path):
     assert launcher.read_record(spec["record"])["exit_code"] == 0
     assert not (tmp_path / "2.1.json").exists()
     del events
+
+
+def test_the_cgroup_directory_is_only_checked_at_start_and_left_to_the_jobs(tmp_path):
+    base = launcher.cgroup_base(str(tmp_path))
+    if base is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    assert base == launcher.cgroup_base_path(str(tmp_path))
+    assert not os.path.exists(base)  # a daemon killed before its first job leaves nothing behind
+    job = launcher._make_job_cgroup(launcher.job_cgroup(base, 1, 1))
+    assert job and os.path.isdir(job)
+    assert launcher._cgroup_remove(job, time.monotonic() + 5)
+    launcher.remove_cgroup_base(base)
+    assert not os.path.exists(base)
