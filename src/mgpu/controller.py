@@ -439,7 +439,7 @@ class Controller:
         if include_finished:
             selected.extend(self.jobs[i] for i in self.finished if i in self.jobs)
         rows = [self.job_row(job) for job in selected
-                if (user is None or job.user == user) and (wanted is None or job.state in wanted)]
+                if (user is None or job.user == user) and (wanted is None or _shown_state(job) in wanted)]
         return [Reply(token, ok({"jobs": rows, "nodes": self.node_rows(), "time": now}))]
 
     def _cancel(self, token, fields, peer, now):
@@ -1085,14 +1085,18 @@ class Controller:
     # -- views ------------------------------------------------------------------------------
 
     def job_row(self, job):
+        state = _shown_state(job)
         if job.state == JobState.PENDING:
             reason = self.waiting.get(job.id, job.reason)
             gpu_ids = list(job.gpu_ids or ())
+        elif state == JobState.PENDING:
+            reason = _starting_reason(job)
+            gpu_ids = list(job.alloc)
         else:
             reason = job.reason
             gpu_ids = list(job.alloc)
         return {
-            "id": job.id, "user": job.user, "uid": job.uid, "state": job.state, "priority": job.priority,
+            "id": job.id, "user": job.user, "uid": job.uid, "state": state, "priority": job.priority,
             "gpus": job.gpus, "gpu_ids": gpu_ids, "mem_mb": job.mem_mb, "node": job.node,
             "nodelist": list(job.nodelist or ()), "exclude": list(job.exclude or ()), "nnodes": job.nnodes or 1,
             "name": job.name, "command": job.command, "exit_code": job.exit_code,
@@ -1201,6 +1205,21 @@ def _launched(job, rank):
     """Whether the part of `rank` of a job on several hosts was sent its launch: rank 0 at the
     start, the others once rank 0's host reported the port (master_port)."""
     return rank == 0 or job.master_port is not None
+
+
+def _shown_state(job):
+    """The state users see: a job on several hosts is RUNNING only once every part runs; while
+    its parts start (its GPUs held on every host) it shows PENDING, saying so in its reason."""
+    if (job.state == JobState.RUNNING and job.parts is not None and job.stop_cause is None
+            and not _every_part_started(job)):
+        return JobState.PENDING
+    return job.state
+
+
+def _starting_reason(job):
+    running = sum(1 for status in job.part_status or () if status == "started")
+    return "starting on %s: %d of %d parts running" % (", ".join(host for host, _ in job.parts), running,
+                                                          len(job.parts))
 
 
 def _short_of_hosts(job, reason):

@@ -594,3 +594,18 @@ def test_mpi_rank_0_done_before_the_others_were_launched_completes_the_job():
     job = c.jobs[1]
     assert (job.state, job.exit_code) == (COMPLETED, 0) and releases(actions) == ["n1"]
     assert port(c, node="n1", attempt=1) == []
+
+
+def test_the_job_shows_running_only_once_every_part_runs():
+    c = cluster(gang())
+    c.schedule(T0)
+    port(c, node="n1")
+    started(c, "n1")
+    row = next(r for r in queue(c)["jobs"] if r["id"] == 1)
+    assert (row["state"], row["reason"], row["position"]) == (PENDING, "starting on n1, n2: 1 of 2 parts running", None)
+    assert [p["name"] for p in row["nodes"]] == ["n1", "n2"]
+    assert not queue(c, state="RUNNING")["jobs"] and [r["id"] for r in queue(c, state="PENDING")["jobs"]] == [1]
+    started(c, "n2")
+    row = next(r for r in queue(c)["jobs"] if r["id"] == 1)
+    assert (row["state"], row["started"]) == (RUNNING, True)
+    assert [r["id"] for r in queue(c, state="RUNNING")["jobs"]] == [1]

@@ -239,7 +239,10 @@ def follow(client, job_id, quiet, label=False):
                 job = frame["job"]
                 running = job["state"] != "PENDING"
                 if not running:
-                    line = "job %d queued (position %s): %s" % (job_id, job.get("position") or "?", job.get("reason") or "waiting")
+                    if job.get("position"):
+                        line = "job %d queued (position %s): %s" % (job_id, job["position"], job.get("reason") or "waiting")
+                    else:
+                        line = "job %d %s" % (job_id, job.get("reason") or "waiting")
                 elif len(job.get("nodes") or ()) > 1:
                     line = "job %d running on %s" % (job_id, " ".join(
                         "%s:%s" % (part["name"], ",".join(map(str, part["gpu_ids"])) or "-") for part in job["nodes"]))
