@@ -215,3 +215,23 @@ def test_a_host_lost_past_the_timeout_ends_the_whole_job_and_its_leftover_part_i
     wait_for(lambda: not lab.job_pids("sleep " + marker, "h2"), timeout=10,
              what="n2 to kill the part the master ended\nn2 log:\n" + lab.nodes["n2"].log[-2000:])
     assert cluster.job(job)["state"] == "NODE_FAIL"
+
+
+@needs_node
+def test_nodelist_exclude_and_mem_for_a_job_on_several_hosts(lab):
+    cluster = lab.start_cluster()
+    listed = cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "1", "--nodelist", "n2,n1", "--", "true")
+    ended = cluster.wait_state(listed, TERMINAL)
+    assert ended["state"] == "COMPLETED" and sorted(p["name"] for p in ended["nodes"]) == ["n1", "n2"], ended
+    excluded = cluster.run(ALICE, "srun", "--nodes", "2", "--gpus-per-node", "1", "--exclude", "n2", "--", "true")
+    assert excluded.returncode == 1 and excluded.stderr.startswith("mgpu: cannot ever run: "), excluded.stderr
+    # --mem is per GPU on every host: two such jobs share the GPUs of both hosts at once.
+    markers = ["300.%d" % secrets.randbelow(10**6) for _ in range(2)]
+    shared = [cluster.submit(ALICE, "--nodes", "2", "--gpus-per-node", "2", "--mem", "8000", "--", "sleep", m)
+              for m in markers]
+    rows = [cluster.wait_state(job, "RUNNING") for job in shared]
+    assert all(len(row["nodes"]) == 2 and all(len(p["gpu_ids"]) == 2 for p in row["nodes"]) for row in rows), rows
+    assert {g["reserved_mb"] for n in lab.node_table().values() if n["name"] != "head" for g in n["gpus"]} == {16000}
+    assert cluster.run(ALICE, "cancel", *shared).returncode == 0
+    for job in shared:
+        assert cluster.wait_state(job, TERMINAL)["state"] == "CANCELLED"
