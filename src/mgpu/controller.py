@@ -1029,10 +1029,11 @@ class Controller:
                 waiting[job_id] = "Resources: no node takes jobs" + suffix
             elif reason.startswith("Resources: no node that is up"):
                 waiting[job_id] = reason + suffix
-            elif (reason == scheduler.NO_ALLOWED_NODE_UP or reason.startswith("Resources: no node it may use")
-                  or _short_of_hosts(self.pending.get(job_id), reason)):
+            else:
                 job = self.pending.get(job_id)
-                if job is None:
+                if job is None or not (reason == scheduler.NO_ALLOWED_NODE_UP
+                                       or reason.startswith("Resources: no node it may use")
+                                       or _short_of_hosts(job, reason)):
                     continue
                 mine = [n for n in names if (not job.nodelist or n in job.nodelist)
                         and not (job.exclude and n in job.exclude)]
@@ -1224,7 +1225,7 @@ def _starting_reason(job):
 
 def _short_of_hosts(job, reason):
     """Whether a job on several hosts waits because too few of its hosts are up."""
-    return (job is not None and job.multi_host and reason.startswith("Resources:")
+    return (job.multi_host and reason.startswith("Resources:")
             and ("not up" in reason or reason.startswith(("Resources: fewer than", "Resources: no "))))
 
 

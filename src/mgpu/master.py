@@ -306,12 +306,13 @@ class Master:
         if not stored:
             actions = self._hold_back(actions)
         lines = []
+        envs = {}  # job id -> its stored environment, read once for all the parts launched here
         for action in actions:
             kind = type(action)
             if kind is ctl.Reply:
                 action.token.queue.put(action.message)
             elif kind is ctl.Launch:
-                self._launch(action.job, getattr(action, "rank", None))
+                self._launch(action.job, action.rank, envs)
             elif kind is ctl.SignalJob:
                 link = self.links.get(action.node)
                 if link is not None:
@@ -327,16 +328,19 @@ class Master:
         if self.watchers and actions:
             self._update_watchers()
 
-    def _launch(self, job, rank):
+    def _launch(self, job, rank, envs):
         """Send one launch: a one-host job (rank None), or one part of a job on several hosts,
-        with that part's GPUs, output files and environment (rank 0 chooses MASTER_PORT)."""
+        with that part's GPUs, output files and environment (rank 0 chooses MASTER_PORT).
+        `envs` keeps the environments read from the store for this batch of actions."""
         node = job.node if rank is None else job.parts[rank][0]
         link = self.links.get(node)
         if link is None:  # its node's link went away since the pass: never started
             self.events.put({"kind": "job_lost", "node": node, "job_id": job.id, "attempt": job.attempt,
                              "started": False, "reason": "the link to node %s was lost" % node})
             return
-        env = self.store.job_env(job.id)
+        env = envs.get(job.id)
+        if env is None:
+            env = envs[job.id] = self.store.job_env(job.id)
         if rank is None:
             if job.distributed:  # torchrun on this host alone: its defaults, a port chosen there
                 env = dict(env or {}, MASTER_ADDR="127.0.0.1", PET_NNODES="1", PET_NODE_RANK="0",

@@ -507,6 +507,13 @@ class NodeDaemon:
                      % (self.name, fields["job_id"], fields["attempt"]))
             self.agent.kill_attempt(fields["job_id"], fields["attempt"])
 
+    def _refuse_launch(self, job_id, attempt, why, error):
+        """A launch this node will not carry out: one log line, and the job's end (never started,
+        with `error` as its reason) reported to the master."""
+        self.log("node %s: refused launch of job %s attempt %s: %s" % (self.name, job_id, attempt, why))
+        self._post(protocol.node_message("job_exited", job_id=job_id, attempt=attempt, exit_code=None,
+                                         signal=None, error=_clip(error)))
+
     def _launch(self, record, env, choose_port=False):
         try:
             job = job_from_launch(record)
@@ -514,16 +521,11 @@ class NodeDaemon:
             job_id, attempt = record.get("id"), record.get("attempt")
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (job_id, attempt)):
                 raise LinkDown("bad frame from the master: launch: %s" % e) from None
-            self.log("node %s: refused launch of job %s attempt %s: %s" % (self.name, job_id, attempt, e))
-            self._post(protocol.node_message("job_exited", job_id=job_id, attempt=attempt, exit_code=None,
-                                             signal=None, error=_clip("bad launch request: %s" % e)))
+            self._refuse_launch(job_id, attempt, e, "bad launch request: %s" % e)
             return
         if self.submit_only:
-            self.log("node %s: refused launch of job %d attempt %d: this is a submit-only node"
-                     % (self.name, job.id, job.attempt))
-            self._post(protocol.node_message("job_exited", job_id=job.id, attempt=job.attempt, exit_code=None,
-                                             signal=None, error="node %s is a submit-only node: it runs no job"
-                                             % self.name))
+            self._refuse_launch(job.id, job.attempt, "this is a submit-only node",
+                                "node %s is a submit-only node: it runs no job" % self.name)
             return
         gpus = ",".join(str(g) for g in job.alloc) or "none"
         self.log("node %s: launch job %d attempt %d as %s on GPUs %s"

@@ -29,7 +29,7 @@ SCHEMA_VERSION = 1
 DRAINED_PREFIX = "drained:"   # meta keys of drained nodes: drained:NAME -> reason
 NODE_PREFIX = "node:"         # meta keys of remote nodes: node:NAME -> JSON of their inventory
 _MAX_NODE_RECORD = 1 << 20
-_MAX_DRAINED_NAME = 64        # protocol.MAX_NODE_NAME
+_MAX_NODE_NAME = 64           # protocol.MAX_NODE_NAME
 _MAX_DRAINED_REASON = 256     # protocol.MAX_DRAIN_REASON
 
 _SCHEMA = """
@@ -221,31 +221,28 @@ class Store:
                 raise StoreError("cannot write the state database %s: %s" % (self.path, e)) from None
             raise
 
+    def _per_node(self, prefix, most):
+        """(node name, value) of the meta rows `prefix`NAME whose name is a plausible node name
+        and whose value is text of at most `most` characters, with no NUL in either."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+                               (len(prefix), prefix)).fetchall()
+        for key, value in rows:
+            name = key[len(prefix):]
+            if (isinstance(value, str) and 0 < len(name) <= _MAX_NODE_NAME and len(value) <= most
+                    and "\0" not in name + value):
+                yield name, value
+
     def load_drained(self):
         """Drained nodes: {name: reason}. A row that is not plausible (a name or reason too
         long, a NUL) is ignored: the node is then not drained."""
-        drained = {}
-        rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
-                               (len(DRAINED_PREFIX), DRAINED_PREFIX)).fetchall()
-        for key, value in rows:
-            name = key[len(DRAINED_PREFIX):]
-            if (isinstance(value, str) and 0 < len(name) <= _MAX_DRAINED_NAME
-                    and len(value) <= _MAX_DRAINED_REASON and "\0" not in name + value):
-                drained[name] = value
-        return drained
+        return dict(self._per_node(DRAINED_PREFIX, _MAX_DRAINED_REASON))
 
     def load_nodes(self):
         """Remote nodes that joined before: {name: {"gpus": [...], "address": str,
         "submit_only": bool}}. A row that is not plausible is ignored (the node is then known
         again when it reconnects)."""
         nodes = {}
-        rows = self.db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
-                               (len(NODE_PREFIX), NODE_PREFIX)).fetchall()
-        for key, value in rows:
-            name = key[len(NODE_PREFIX):]
-            if not (isinstance(value, str) and 0 < len(name) <= _MAX_DRAINED_NAME and "\0" not in name
-                    and len(value) <= _MAX_NODE_RECORD):
-                continue
+        for name, value in self._per_node(NODE_PREFIX, _MAX_NODE_RECORD):
             try:
                 record = json.loads(value)
             except ValueError:

@@ -56,6 +56,17 @@ def home(user):
     return pwd.getpwnam(user).pw_dir
 
 
+def gated_job(cluster, exit_code):
+    """A job of ALICE that waits for a file, then exits `exit_code`; once it runs: (its id, the
+    file that lets it go on, a word of its command line to find its process by, its row)."""
+    token = secrets.token_hex(4)
+    go = os.path.join(home(ALICE), "go-" + token)
+    marker = "mn-job-" + token
+    job = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c",
+                         "while [ ! -e %s ]; do sleep 0.1; done; exit %d" % (go, exit_code), marker)
+    return job, go, marker, cluster.wait_state(job, "RUNNING")
+
+
 def unique_sleep():
     """A `sleep` argument no other process uses, to find the job's process by (pgrep -f)."""
     return "300.%d" % (secrets.randbelow(900000) + 100000)
@@ -291,12 +302,7 @@ def test_cancel_stops_a_remote_job(lab):
 @needs_node
 def test_node_agent_killed_and_back_within_the_timeout_loses_nothing(lab):
     cluster = lab.start_cluster(node_timeout=6)
-    token = secrets.token_hex(4)
-    go = os.path.join(home(ALICE), "go-" + token)
-    marker = "mn-job-" + token
-    job = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c",
-                         "while [ ! -e %s ]; do sleep 0.1; done; exit 5" % go, marker)
-    running = cluster.wait_state(job, "RUNNING")
+    job, go, marker, running = gated_job(cluster, 5)
     name = running["node"]
     node, host = lab.nodes[name], lab.node_hosts[name]
     wait_for(lambda: lab.job_pids(marker, host), what="the job's process in %s" % host)
@@ -382,12 +388,7 @@ def test_a_node_with_the_wrong_key_is_refused(lab):
 @needs_node
 def test_master_killed_and_restarted_keeps_remote_jobs(lab):
     cluster = lab.start_cluster(node_timeout=6)
-    token = secrets.token_hex(4)
-    go = os.path.join(home(ALICE), "go-" + token)
-    marker = "mn-job-" + token
-    job = cluster.submit(ALICE, "--gpus", "1", "--", "sh", "-c",
-                         "while [ ! -e %s ]; do sleep 0.1; done; exit 3" % go, marker)
-    running = cluster.wait_state(job, "RUNNING")
+    job, go, marker, running = gated_job(cluster, 3)
     host = lab.node_hosts[running["node"]]
     wait_for(lambda: lab.job_pids(marker, host), what="the job's process in %s" % host)
     node_pids = {name: node.pid for name, node in lab.nodes.items()}
