@@ -30,12 +30,15 @@ BUILD_INPUTS := $(SPEC) $(LAUNCHER) $(ASSEMBLE) $(shell find src build-config/ho
 UNITS := mgpu-master.service mgpu-node.service
 
 .DEFAULT_GOAL := help
-.PHONY: help test test-e2e bench build install uninstall clean
+.PHONY: help test test-src test-e2e test-bin bench build install uninstall clean
 
 help:
 	@echo "mgpu make targets:"
-	@echo "  make test        all tests (unit and e2e) from source; PYTEST_ARGS='-k name -x' passes options"
-	@echo "  make test-e2e    only the end-to-end tests (real daemons in temporary directories)"
+	@echo "  make test        the whole suite: unit and e2e tests from source, then builds dist/mgpu (when"
+	@echo "                   out of date) and runs the e2e tests again against it; PYTEST_ARGS='-k name -x'"
+	@echo "  make test-src    unit and e2e tests from source only (no build)"
+	@echo "  make test-e2e    only the end-to-end tests from source (real daemons in temporary directories)"
+	@echo "  make test-bin    only the end-to-end tests against dist/mgpu (built when out of date)"
 	@echo "  make bench       every bench/bench_*.py in turn; prints figures (exit 1 if a script failed)"
 	@echo "  make build       the one-file executable dist/mgpu (own venv $(BUILD_VENV), pinned requirements.txt)"
 	@echo "  make install     as root: $(PREFIX)/bin/mgpu, /etc/mgpu/mgpu.yaml (if none), systemd units"
@@ -43,8 +46,15 @@ help:
 	@echo "  make clean       remove build/, dist/, $(BUILD_VENV) and caches"
 	@echo "variables: PYTHON=$(PYTHON) BUILD_PYTHON=$(BUILD_PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
 
-test: $(BUILD_STAMP)
+# The whole suite: from source, then the e2e tests again against the built binary (the tests
+# that only make sense for the binary run there; they skip from source).
+test: test-src test-bin
+
+test-src: $(BUILD_STAMP)
 	PYTHONPATH=src $(PYTHON) -m pytest -q test $(PYTEST_ARGS)
+
+test-bin: dist/mgpu
+	MGPU_BIN=dist/mgpu PYTHONPATH=src $(PYTHON) -m pytest -q test/e2e $(PYTEST_ARGS)
 
 test-e2e: $(BUILD_STAMP)
 	PYTHONPATH=src $(PYTHON) -m pytest -q test/e2e $(PYTEST_ARGS)

@@ -32,25 +32,22 @@ class Client:
         candidates = paths.client_socket_candidates()
         uid = os.getuid()
         own_dirs = [os.path.abspath(d) for d in paths.user_socket_dirs(uid)]
-        failure, rank = None, 0
+        failures = []  # (path, OSError or the problem of its directory), reported if none answers
         for index, path in enumerate(candidates):
             directory = os.path.abspath(os.path.dirname(path))
             if directory in own_dirs:
                 problem = paths.socket_directory_problem(directory, uid, per_user=True)
                 if problem:
-                    # Skipped unsent; reported only if no other daemon answers.
-                    failure, rank = (path, problem), 3
+                    failures.append((path, problem))  # skipped unsent
                     continue
             try:
                 connection = _connect(path, deadline, retry_refused=index == len(candidates) - 1)
             except OSError as e:
-                this_rank = 1 if e.errno in (errno.ENOENT, errno.ECONNREFUSED) else 2
-                if this_rank > rank:
-                    failure, rank = (path, e), this_rank
+                failures.append((path, e))
                 continue
             _verify_server(connection, path)
             return cls(connection, path)
-        raise _unreachable(candidates, *failure)
+        raise _unreachable(failures)
 
     def call(self, type_, **fields):
         """Send one request and return its result (MgpuError for an error reply). A master
@@ -69,6 +66,11 @@ class Client:
             self.connection.send(protocol.request(type_, **fields))
         except OSError as e:
             raise _lost(e) from None
+
+    def input_sender(self):
+        """A second handle on this connection (its own timeouts) for the thread that sends a
+        job's input (srun -i) while this one reads the stream."""
+        return InputSender(self.connection.sock.dup())
 
     def read(self, timeout):
         message = self.connection.read(timeout)
@@ -99,8 +101,26 @@ class Client:
         try:
             self.connection = _connect(self.path, deadline, retry_refused=True)
         except OSError as e:
-            raise _unreachable([self.path], self.path, e) from None
+            raise _unreachable([(self.path, e)]) from None
         _verify_server(self.connection, self.path)
+
+
+class InputSender:
+    """Sends input frames (protocol.input_frame) on an attach connection; OSError once the
+    daemon has closed it."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.stopped = False  # set by another thread: a send waiting for room gives up
+
+    def send(self, data=None, eof=False, rows=None, cols=None):
+        """Send one frame, waiting as long as the job takes to read what came before (the
+        daemon reads input at the job's pace), until the daemon closes or `stopped` is set."""
+        transport.send_patiently(self.sock, protocol.encode(protocol.input_frame(data, eof, rows, cols)),
+                                 lambda: self.stopped)
+
+    def close(self):
+        self.sock.close()
 
 
 def _connect(path, deadline, retry_refused):
@@ -146,26 +166,32 @@ def _lost(e):
     return MgpuError(errors.UNAVAILABLE, "lost the connection to the master: %s" % (e.strerror or e))
 
 
-def _unreachable(candidates, path, failure):
-    others = [c for c in candidates if c != path]
-    if isinstance(failure, str):
-        message = "refusing to use %s: %s; remove it or set MGPU_SOCKET" % (path, failure)
-        if others:
-            message += " (and no master answers at %s)" % ", ".join(others)
-        return MgpuError(errors.PERMISSION_DENIED, message)
-    e = failure
-    if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
-        why = "no mgpu master is running there" if e.errno == errno.ECONNREFUSED else "no such socket"
-        hint = _where_to_run()
-    elif e.errno == errno.EACCES:
-        why, hint = "permission denied", "ask the admin to make the socket reachable, or set MGPU_SOCKET"
-    elif e.errno == errno.EAGAIN:
-        why = "the master is too busy (its queue of new connections stayed full for %.0f s)" % CONNECT_DEADLINE
-        hint = "try again in a moment"
-    else:
-        why, hint = e.strerror or str(e), "check that the master is running"
-    tried = path if len(candidates) == 1 else "%s (tried %s)" % (path, ", ".join(candidates))
-    return MgpuError(errors.UNAVAILABLE, "cannot reach the mgpu master at %s: %s; %s" % (tried, why, hint))
+def _unreachable(failures):
+    """One line naming every socket tried and why each failed, then what to do about the
+    failure that matters most (a refused directory, then a busy or forbidden master, then none
+    running)."""
+    tried, hints, rank = [], None, -1
+    for path, failure in failures:
+        if isinstance(failure, str):
+            why, hint, this_rank = ("refused: %s" % failure, "remove it or set MGPU_SOCKET", 3)
+        elif failure.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            why = ("no mgpu master is running there (connection refused)" if failure.errno == errno.ECONNREFUSED
+                   else "no such socket")
+            hint, this_rank = None, 0
+        elif failure.errno == errno.EACCES:
+            why, hint, this_rank = ("permission denied", "ask the admin to make the socket reachable, or set "
+                                    "MGPU_SOCKET", 2)
+        elif failure.errno == errno.EAGAIN:
+            why = "too busy (its queue of new connections stayed full for %.0f s)" % CONNECT_DEADLINE
+            hint, this_rank = "try again in a moment", 2
+        else:
+            why, hint, this_rank = failure.strerror or str(failure), "check that the master is running", 1
+        tried.append("%s: %s" % (path, why))
+        if this_rank > rank:
+            hints, rank = hint, this_rank
+    code = errors.PERMISSION_DENIED if rank == 3 else errors.UNAVAILABLE
+    what = "the mgpu master at " if len(tried) == 1 else "an mgpu master: tried "
+    return MgpuError(code, "cannot reach %s%s; %s" % (what, "; ".join(tried), hints or _where_to_run()))
 
 
 def _where_to_run():

@@ -31,6 +31,7 @@ OPTIONS = {
     "operators": ([], "users who may cancel any job, like root"),
     "allow_root_jobs": (False, "run jobs submitted by root as root (refused otherwise)"),
     "node_name": (None, "this host's name in the cluster (default: the host name)"),
+    "max_requeues": (5, "times a --requeue job goes back to the queue at its time limit; then it ends TIMEOUT"),
     "keep_finished": (10000, "finished jobs kept in memory for 'mgpu queue --all' (all stay in the database)"),
     "max_connections": (1024, "client connections served at once; more are refused until some close"),
     "max_connections_per_user": (128, "client connections of one user served at once (root: only max_connections)"),
@@ -142,6 +143,7 @@ def validate(raw, uid, source="defaults"):
             raise ConfigError("max_job_time: %s" % e) from None
     values["max_user_priority"] = _positive_int("max_user_priority", values["max_user_priority"], True)
     values["keep_finished"] = _positive_int("keep_finished", values["keep_finished"], True)
+    values["max_requeues"] = _positive_int("max_requeues", values["max_requeues"], True)
     values["max_connections"] = _positive_int("max_connections", values["max_connections"])
     values["max_connections_per_user"] = _positive_int("max_connections_per_user",
                                                        values["max_connections_per_user"])

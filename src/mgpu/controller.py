@@ -2,13 +2,17 @@
 
 Owns: the queue and the running jobs in memory, authorisation of requests (identity comes in
 the event, read by the kernel), validation of submissions against the cluster, time limits,
-warning signals, two-stage stops, the time-slice context switch, and the decision of what each
+warning signals, two-stage stops, the time-slice context switch, job dependencies (a pending job
+whose --dependency does not hold yet takes no part in passes; one that can never hold is
+cancelled, and its dependants in turn), and the decision of what each
 job end means (COMPLETED, FAILED, TIMEOUT, CANCELLED, requeue). Must not: do I/O, read a clock,
 start threads, or call a node: it returns actions and the master carries them out, writing the
 store before anything that depends on it.
 
 Events are dicts with a `kind`: `request` (a client's request, with the peer's identity),
-`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`, `job_port`. Drained nodes
+`node_up`, `gpu_usage`, `job_started`, `job_exited`, `job_lost`, `job_port`, and `history_read`
+(finished jobs the master read from the store for a ReadHistory: `history`, and `show` of a job
+no longer kept in memory). Drained nodes
 (`drain`, `resume`: root and operators) are kept by name, whether they are up or not, and given
 at construction after a restart; a drained node keeps its running jobs and takes no new ones.
 Time passes through `advance(now)`; a scheduler pass runs through `schedule(now)` and only when
@@ -32,7 +36,7 @@ import signal as _signal
 from . import errors, scheduler
 from .errors import MgpuError
 from .model import (DEFAULT_WARN_SECONDS, Gpu, Job, JobState, Node, NodeState, ResourceRequest,
-                    Transition, format_duration)
+                    Transition, dependency_outcome, dependency_waits, format_dependency, format_duration)
 
 SIGTERM = int(_signal.SIGTERM)
 SIGKILL = int(_signal.SIGKILL)
@@ -110,6 +114,20 @@ class SaveNode(Action):
         self.node, self.record = node, record
 
 
+class ReadHistory(Action):
+    """Read finished jobs from the store, off the loop, then hand them back as a `history_read`
+    event: {"read": this action, "jobs": [Job, ...], "more": bool} or {"read": ..., "error":
+    (code, message)}. `filters`: user, states, ids, since, limit (HistoryReader.finished_jobs).
+    `show`: the id of the one job `mgpu show` asked for (None for `mgpu history`)."""
+    __slots__ = ("token", "peer", "filters", "show")
+
+    def __init__(self, token, peer, filters, show=None):
+        self.token = token
+        self.peer = peer
+        self.filters = filters
+        self.show = show
+
+
 class Log(Action):
     __slots__ = ("line",)
 
@@ -125,7 +143,7 @@ class Settings:
 
     def __init__(self, policy="fill_first", max_user_priority=100, max_job_time=None, kill_grace=10.0,
                  operator_uids=(), allow_root_jobs=False, owner_uid=None, owner_name=None,
-                 keep_finished=10000):
+                 keep_finished=10000, max_requeues=5):
         self.policy = policy
         self.max_user_priority = max_user_priority
         self.max_job_time = max_job_time
@@ -135,6 +153,7 @@ class Settings:
         self.owner_uid = owner_uid      # set in single-user mode
         self.owner_name = owner_name
         self.keep_finished = keep_finished
+        self.max_requeues = max_requeues  # a --requeue job restarted this often ends TIMEOUT at its limit
 
 
 def ok(result=None):
@@ -143,6 +162,22 @@ def ok(result=None):
 
 def error_reply(code, message):
     return {"ok": False, "error": code, "message": message}
+
+
+def warning_lead(lead, time_limit):
+    """Seconds before the time limit at which --signal warns a job: the lead asked for, which
+    must be shorter than the limit; without one DEFAULT_WARN_SECONDS, cut to half a limit
+    shorter than twice that. MgpuError when no lead fits."""
+    if lead is None:
+        lead = min(DEFAULT_WARN_SECONDS, time_limit // 2)
+        if lead < 1:
+            raise MgpuError(errors.INVALID_ARGUMENT, "--signal: a time limit of %d s leaves no time to warn "
+                            "the job before it" % time_limit)
+    elif lead >= time_limit:
+        raise MgpuError(errors.INVALID_ARGUMENT, "--signal @%d warns %d s before the time limit, but the limit "
+                        "is %d s: give a lead shorter than the limit (e.g. @%d)"
+                        % (lead, lead, time_limit, max(1, time_limit // 2)))
+    return lead
 
 
 def _plural(n, word):
@@ -156,12 +191,16 @@ def describe_command(command):
 
 # The events the master feeds to handle(), besides requests; each has a handler `_on_<kind>`.
 EVENTS = frozenset(("node_up", "node_heartbeat", "node_unreachable", "node_down", "gpu_usage", "job_started",
-                    "job_exited", "job_lost", "job_port"))
+                    "job_exited", "job_lost", "job_port", "history_read"))
 
 # Failed launches in a row of a job on several hosts (a part could not start) before it ends
 # FAILED instead of going back to the queue: a host that refuses it (no such user there) would
 # otherwise requeue it forever.
 MAX_LAUNCH_FAILURES = 3
+
+# Scheduler passes run back to back by one schedule() call while the starts of a pass let jobs
+# that wait for them (--dependency after:ID) join the queue; beyond that the next loop does.
+MAX_DEPENDENCY_PASSES = 8
 
 # What stops a running job (job.stop_cause) -> the word its log line uses. For a job on several
 # hosts, "part_failed": a part failed, the others get the two-stage stop and the job ends FAILED;
@@ -208,8 +247,20 @@ class Controller:
         self._over_slice = set()  # running jobs past the time slice (checked on each pass)
         self.held = {}            # pending job id -> why no pass considers it (an internal error)
         self._advance_failed = {}  # running job id -> attempt whose error advance() logged
+        # --dependency: pending jobs some of whose dependencies do not hold yet (no pass
+        # considers them), the job ids they wait on (-> their ids), and the jobs that started or
+        # ended since their dependants were last looked at: (id, state, started), see
+        # _settle_dependencies.
+        self.blocked = {}
+        self._waiting_on = {}
+        self._resolved = collections.deque()
         for job in sorted(jobs, key=lambda j: j.id):
             self._track(job)
+        # After a restart: look at every dependency again (one that is no longer known can never
+        # hold); the first handle() or schedule() settles them.
+        for dep_id in sorted(self._waiting_on):
+            dep = self.jobs.get(dep_id)
+            self._resolved.append((dep_id, None, False) if dep is None else (dep_id, dep.state, dep.attempt > 0))
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -217,6 +268,11 @@ class Controller:
         self.jobs[job.id] = job
         if job.state == JobState.PENDING:
             self.pending[job.id] = job
+            if job.dependency and not all(met for _, _, met in job.dependency):
+                self.blocked[job.id] = job
+                for _, dep_id, met in job.dependency:
+                    if not met:
+                        self._waiting_on.setdefault(dep_id, set()).add(job.id)
         elif job.state == JobState.RUNNING:
             self.running[job.id] = job
         else:
@@ -231,9 +287,12 @@ class Controller:
         transition = job.transition(new, now, reason, cause)
         if old == JobState.PENDING:
             self.pending.pop(job.id, None)
+            self._forget_dependencies(job)
         elif old == JobState.RUNNING:
             self.running.pop(job.id, None)
             self._over_slice.discard(job.id)
+        if (new == JobState.RUNNING or new in JobState.FINAL) and job.id in self._waiting_on:
+            self._resolved.append((job.id, new, new == JobState.RUNNING or job.attempt > 0))
         if new == JobState.PENDING:
             job.queue_seq = self.next_seq  # back of the queue
             self.next_seq += 1
@@ -246,6 +305,97 @@ class Controller:
             self.dirty = True
         return Save(job, transition)
 
+    def _forget_dependencies(self, job):
+        """A job that no longer waits in the queue (started, cancelled, withdrawn) waits on
+        nothing."""
+        if self.blocked.pop(job.id, None) is None:
+            return
+        for _, dep_id, _ in job.dependency:
+            waiting = self._waiting_on.get(dep_id)
+            if waiting is not None:
+                waiting.discard(job.id)
+                if not waiting:
+                    del self._waiting_on[dep_id]
+
+    def _settle_dependencies(self, now):
+        """What the jobs that started or ended since the last call mean for the jobs that depend
+        on them: a dependency that now holds is marked so (and saved); once all of a job's hold
+        it joins the queue; one that can never hold cancels the job, and that job's end is
+        looked at in turn (a chain cancels whole)."""
+        actions = []
+        resolved = self._resolved
+        while resolved:
+            dep_id, state, started = resolved.popleft()
+            for job_id in sorted(self._waiting_on.get(dep_id, ())):
+                job = self.blocked.get(job_id)
+                if job is not None:
+                    actions.extend(self._dependency_resolved(job, dep_id, state, started, now))
+        return actions
+
+    def _dependency_resolved(self, job, dep_id, state, started, now):
+        """Job `dep_id` is now in `state` (None: no longer known) and has `started` or not: mark
+        what of `job`'s dependencies on it holds, or cancel `job` when one never can."""
+        changed = False
+        for entry in job.dependency:
+            kind, other, met = entry
+            if met or other != dep_id:
+                continue
+            outcome = False if state is None else dependency_outcome(kind, state, started)
+            if outcome is False:
+                why = "is no longer known" if state is None else "ended " + state
+                reason = "dependency never satisfied: job %d %s (%s:%d)" % (dep_id, why, kind, dep_id)
+                return [self._move(job, JobState.CANCELLED, now, reason, "dependency"),
+                        Log("cancel job %d (pending): %s" % (job.id, reason))]
+            if outcome:
+                entry[2] = changed = True
+        if not changed:
+            return []
+        if all(other != dep_id or met for _, other, met in job.dependency):
+            waiting = self._waiting_on.get(dep_id)
+            if waiting is not None:
+                waiting.discard(job.id)
+                if not waiting:
+                    del self._waiting_on[dep_id]
+        if not all(met for _, _, met in job.dependency):
+            return [Save(job)]
+        del self.blocked[job.id]
+        self.dirty = True
+        self._positions_valid = False
+        return [Save(job), Log("job %d: its dependencies are satisfied (%s)" % (job.id, _dependency_spec(job)))]
+
+    def _dependency(self, pairs):
+        """[[type, job id, met], ...] of a submission's dependency pairs, each pair once; refused
+        when a job it names is not known (a future id, or one that ended too long ago to know
+        how) or when one can already never hold. None without dependencies."""
+        if not pairs:
+            return None
+        entries, seen = [], set()
+        for kind, dep_id in pairs:
+            if (kind, dep_id) in seen:
+                continue
+            seen.add((kind, dep_id))
+            spec = "%s:%d" % (kind, dep_id)
+            dep = self.jobs.get(dep_id)
+            if dep is None and dep_id >= self.next_id:
+                raise MgpuError(errors.NOT_FOUND, "--dependency %s: no job %d" % (spec, dep_id))
+            if dep is None:
+                raise MgpuError(errors.NOT_FOUND, "--dependency %s: job %d ended too long ago to depend on (the "
+                                "master keeps the newest %d finished jobs)" % (spec, dep_id,
+                                                                              self.settings.keep_finished))
+            outcome = dependency_outcome(kind, dep.state, dep.attempt > 0)
+            if outcome is False:
+                raise MgpuError(errors.INVALID_ARGUMENT, "--dependency %s can never be satisfied: job %d ended %s"
+                                % (spec, dep_id, dep.state))
+            entries.append([kind, dep_id, bool(outcome)])
+        return entries
+
+    def _dependency_reason(self, job):
+        """Why a job with dependencies that do not hold yet waits: the first of them."""
+        for kind, dep_id, met in job.dependency:
+            if not met:
+                return "Dependency: " + dependency_waits(kind, dep_id)
+        return "Dependency"
+
     def privileged(self, uid):
         s = self.settings
         return uid == 0 or uid in s.operator_uids or (s.owner_uid is not None and uid == s.owner_uid)
@@ -253,6 +403,12 @@ class Controller:
     # -- events -----------------------------------------------------------------------------
 
     def handle(self, event, now):
+        actions = self._dispatch(event, now)
+        if self._resolved:
+            actions = actions + self._settle_dependencies(now)
+        return actions
+
+    def _dispatch(self, event, now):
         kind = event.get("kind")
         if kind == "request":
             return self._request(event, now)
@@ -316,13 +472,14 @@ class Controller:
         why = self.unsatisfiable(request)
         if why:
             raise MgpuError(errors.UNSATISFIABLE, "cannot ever run: " + why)
+        dependency = self._dependency(fields.get("dependency"))
         time_limit = fields.get("time_limit")
         warn_signal = fields.get("warn_signal")
         warn_seconds = fields.get("warn_seconds")
-        if warn_signal is not None and warn_seconds is None:
-            warn_seconds = DEFAULT_WARN_SECONDS
         if warn_signal is not None and not time_limit:
             raise MgpuError(errors.INVALID_ARGUMENT, "--signal warns before the time limit: give --time-limit too")
+        if warn_signal is not None:
+            warn_seconds = warning_lead(warn_seconds, time_limit)
         job_id = self.next_id
         user = peer["user"]
         cwd = fields["cwd"]
@@ -332,8 +489,8 @@ class Controller:
         output = self._expand(fields.get("output") or logs + "%j.out", job_id, user, fields.get("name"),
                               cwd, "--output")
         error = fields.get("error")
-        if error is None and fields.get("interactive"):
-            error = logs + "%j.err"
+        if error is None and fields.get("interactive") and fields.get("stdin") != "pty":
+            error = logs + "%j.err"  # with a pty, stdout and stderr are one stream: the terminal
         error = self._expand(error, job_id, user, fields.get("name"), cwd, "--error") if error else None
         if not request.nnodes:  # %r is the rank of a part: a job on one host is rank 0
             output, error = output.replace("%r", "0"), error and error.replace("%r", "0")
@@ -347,7 +504,7 @@ class Controller:
                   requeue=bool(fields.get("requeue")), warn_signal=warn_signal,
                   warn_seconds=warn_seconds, submit_time=now,
                   queue_seq=self.next_seq, state=JobState.PENDING, reason="submitted",
-                  umask=fields.get("umask"))
+                  umask=fields.get("umask"), dependency=dependency, stdin=fields.get("stdin"))
         self.next_id += 1
         self.next_seq += 1
         self._track(job)
@@ -364,6 +521,8 @@ class Controller:
             what += " on %s" % ",".join(job.nodelist)
         if job.exclude:
             what += " not on %s" % ",".join(job.exclude)
+        if job.dependency:
+            what += " dependency=%s" % _dependency_spec(job)
         return [
             Save(job, Transition(job.id, now, "", JobState.PENDING, "submitted", "submit by %s" % user),
                  fields["env"]),
@@ -423,24 +582,62 @@ class Controller:
         return scheduler.unsatisfiable_reason(request, list(self.nodes.values()))
 
     def _queue(self, token, fields, peer, now):
-        user, states = fields.get("user"), fields.get("state")
-        wanted = None
-        if states:
-            wanted = {s.strip().upper() for s in states.split(",") if s.strip()}
-            unknown = wanted - set(JobState.ALL)
-            if unknown:
-                raise MgpuError(errors.INVALID_ARGUMENT, "unknown state %s (states: %s)"
-                                % (sorted(unknown)[0], ", ".join(JobState.ALL)))
-        include_finished = fields.get("all") or (wanted is not None and bool(wanted & JobState.FINAL))
+        user = _user_filter(fields, peer)
+        wanted = _wanted_states(fields.get("state"))
+        ids = fields.get("ids")
+        include_finished = (fields.get("all") or ids is not None
+                            or (wanted is not None and bool(wanted & JobState.FINAL)))
         selected = list(self.running.values())
         selected.sort(key=lambda j: (j.start_time or 0, j.id))
         pending = sorted(self.pending.values(), key=scheduler.queue_order_key)
         selected.extend(pending)
         if include_finished:
             selected.extend(self.jobs[i] for i in self.finished if i in self.jobs)
+        if ids is not None:
+            ids = set(ids)
+            selected = [job for job in selected if job.id in ids]
         rows = [self.job_row(job) for job in selected
                 if (user is None or job.user == user) and (wanted is None or _shown_state(job) in wanted)]
         return [Reply(token, ok({"jobs": rows, "nodes": self.node_rows(), "time": now}))]
+
+    def _history(self, token, fields, peer, now):
+        """Finished jobs from the store (all of them, not only those kept in memory): the
+        store is read off the loop (ReadHistory), the rows are made in `_on_history_read`.
+        Everyone sees every user's finished jobs, as `mgpu queue --all` shows them."""
+        wanted = _wanted_states(fields.get("state"))
+        if wanted is not None and wanted - JobState.FINAL:
+            raise MgpuError(errors.INVALID_ARGUMENT, "history shows finished jobs: %s is not a final state "
+                            "(final states: %s; 'mgpu queue' shows pending and running jobs)"
+                            % (sorted(wanted - JobState.FINAL)[0], ", ".join(_FINAL_ORDER)))
+        ids = fields.get("ids")
+        filters = {"user": _user_filter(fields, peer), "states": None if wanted is None else sorted(wanted),
+                   "ids": None if ids is None else sorted(set(ids)), "since": fields.get("since"),
+                   "limit": fields.get("limit") or HISTORY_LIMIT}
+        return [ReadHistory(token, peer, filters)]
+
+    def _show(self, token, fields, peer, now):
+        """Every field of one job: from memory when it is kept there, else from the store."""
+        job = self.jobs.get(fields["job_id"])
+        if job is None:
+            filters = {"user": None, "states": None, "ids": [fields["job_id"]], "since": None, "limit": 1}
+            return [ReadHistory(token, peer, filters, show=fields["job_id"])]
+        return [Reply(token, ok({"job": self.job_detail(job, peer), "time": now}))]
+
+    def _on_history_read(self, event, now):
+        read = event["read"]
+        if event.get("error"):
+            code, message = event["error"]
+            return [Reply(read.token, error_reply(code, message))]
+        # A job still kept in memory is shown as the controller has it (it may be newer than
+        # what the store held when it was read, while the store cannot be written).
+        jobs = [self.jobs.get(job.id) or job for job in event["jobs"]]
+        if read.show is not None:
+            job = self.jobs.get(read.show) or next((j for j in jobs if j.id == read.show), None)
+            if job is None:
+                return [Reply(read.token, error_reply(errors.NOT_FOUND, "no such job %d" % read.show))]
+            return [Reply(read.token, ok({"job": self.job_detail(job, read.peer), "time": now}))]
+        rows = [self.job_row(job) for job in jobs if job.state in JobState.FINAL]
+        return [Reply(read.token, ok({"jobs": rows, "more": bool(event.get("more")), "time": now}))]
 
     def _cancel(self, token, fields, peer, now):
         uid, name = peer["uid"], peer["user"]
@@ -677,9 +874,8 @@ class Controller:
         if job.stop_cause == "cancel":
             save = self._move(job, JobState.CANCELLED, now, job.reason or "cancelled", "lost while cancelling")
             line = "end job %d CANCELLED (%s)" % (job.id, event.get("reason"))
-        elif job.stop_cause == "timeout" and not job.requeue:
-            save = self._move(job, JobState.TIMEOUT, now, "reached its time limit of %s"
-                              % format_duration(job.time_limit), "lost while stopping")
+        elif job.stop_cause == "timeout" and not self._requeued_at_limit(job):
+            save = self._move(job, JobState.TIMEOUT, now, self._timeout_reason(job), "lost while stopping")
             line = "end job %d TIMEOUT (%s)" % (job.id, event.get("reason"))
         elif not event.get("started") or job.requeue or job.stop_cause == "slice":
             save = self._move(job, JobState.PENDING, now, "requeued: %s" % event.get("reason"), "lost")
@@ -691,14 +887,25 @@ class Controller:
             line = "end job %d NODE_FAIL: %s" % (job.id, event.get("reason"))
         return [save, Release(node, job.id, attempt), Log(line)]
 
+    def _requeued_at_limit(self, job):
+        """Whether a job reaching its time limit goes back to the queue: with --requeue, until
+        it has restarted max_requeues times."""
+        return job.requeue and job.restarts < self.settings.max_requeues
+
+    def _timeout_reason(self, job):
+        reason = "reached its time limit of %s" % format_duration(job.time_limit)
+        if job.requeue:
+            reason += "; not requeued again after %s (max_requeues)" % _plural(job.restarts, "restart")
+        return reason
+
     def _stopped_outcome(self, job):
         """(new state, reason) of a job whose attempt ended while a cancel, time limit or time
         slice stopped it; None without such a stop."""
         cause = job.stop_cause
         if cause == "cancel":
             return JobState.CANCELLED, job.reason or "cancelled"
-        if cause == "timeout" and not job.requeue:
-            return JobState.TIMEOUT, "reached its time limit of %s" % format_duration(job.time_limit)
+        if cause == "timeout" and not self._requeued_at_limit(job):
+            return JobState.TIMEOUT, self._timeout_reason(job)
         if cause == "timeout":
             return JobState.PENDING, "requeued: reached its time limit"
         if cause == "slice":
@@ -831,7 +1038,7 @@ class Controller:
             new, reason = JobState.FAILED, job.reason
         elif lost is None:
             new, reason = self._stopped_outcome(job) or (JobState.COMPLETED, "")
-        elif cause == "cancel" or (cause == "timeout" and not job.requeue):
+        elif cause == "cancel" or (cause == "timeout" and not self._requeued_at_limit(job)):
             new, reason = self._stopped_outcome(job)
         elif job.requeue or cause is not None:
             new, reason = JobState.PENDING, "requeued: " + lost
@@ -946,7 +1153,21 @@ class Controller:
     # -- scheduling -------------------------------------------------------------------------
 
     def schedule(self, now):
-        """One scheduler pass, if anything changed since the last one.
+        """A scheduler pass (see _pass), and the dependencies its starts satisfy: while they let
+        more jobs join the queue, another pass, up to MAX_DEPENDENCY_PASSES."""
+        actions = self._settle_dependencies(now) if self._resolved else []
+        for _ in range(MAX_DEPENDENCY_PASSES):
+            actions.extend(self._pass(now))
+            if not self._resolved:
+                break
+            actions.extend(self._settle_dependencies(now))
+            if not self.dirty:
+                break
+        return actions
+
+    def _pass(self, now):
+        """One scheduler pass, if anything changed since the last one. Jobs whose dependencies
+        do not hold yet (self.blocked) take no part.
 
         A pass that raises is retried job by job: a job that makes it raise on its own is held
         (it stays PENDING, out of later passes, its reason says why; one log line) and the pass
@@ -968,6 +1189,8 @@ class Controller:
             del held[job_id]
         if held:
             candidates = [job for job in candidates if job.id not in held]
+        if self.blocked:
+            candidates = [job for job in candidates if job.id not in self.blocked]
         nodes = list(self.nodes.values())
         running = list(self.running.values())
         policy = self.settings.policy
@@ -1043,7 +1266,8 @@ class Controller:
     def positions(self):
         """Job id -> place in the queue (1 = next to start), for pending jobs."""
         if not self._positions_valid:
-            ordered = sorted(self.pending.values(), key=scheduler.queue_order_key)
+            ordered = sorted((job for job in self.pending.values() if job.id not in self.blocked),
+                             key=scheduler.queue_order_key)
             self._positions = {job.id: i for i, job in enumerate(ordered, 1)}
             self._positions_valid = True
         return self._positions
@@ -1074,7 +1298,7 @@ class Controller:
                 if j.stop_cause is None and j.start_time is not None and now - j.start_time >= slice_]
         if not over:
             return []
-        victims = scheduler.time_slice_victims(list(self.pending.values()), nodes,
+        victims = scheduler.time_slice_victims([j for j in self.pending.values() if j.id not in self.blocked], nodes,
                                                list(self.running.values()), over, now)
         actions = []
         for job_id in victims:
@@ -1087,7 +1311,10 @@ class Controller:
 
     def job_row(self, job):
         state = _shown_state(job)
-        if job.state == JobState.PENDING:
+        if job.id in self.blocked:
+            reason = self._dependency_reason(job)
+            gpu_ids = list(job.gpu_ids or ())
+        elif job.state == JobState.PENDING:
             reason = self.waiting.get(job.id, job.reason)
             gpu_ids = list(job.gpu_ids or ())
         elif state == JobState.PENDING:
@@ -1107,8 +1334,23 @@ class Controller:
             "stopping": job.stop_cause is not None, "output": job.output, "error": job.error,
             "started": job.pgid is not None if job.parts is None else (
                 job.state == JobState.RUNNING and _every_part_started(job)),
-            "nodes": _placement(job),
+            "nodes": _placement(job), "attempt": job.attempt, "stdin": job.stdin,
+            "dependency": format_dependency(job.dependency) or None,
         }
+
+    def job_detail(self, job, peer):
+        """What `mgpu show` tells `peer` of a job: its queue row and the rest of its request.
+        Its --env-setup-cmd (shell code that may hold secrets, like the environment, which is
+        never shown) only to its owner, root and operators."""
+        row = self.job_row(job)
+        row.update({
+            "cwd": job.cwd, "requeue": bool(job.requeue), "warn_signal": job.warn_signal,
+            "warn_seconds": job.warn_seconds, "attempt": job.attempt, "distributed": bool(job.distributed),
+            "mpi": bool(job.mpi), "node_gpu_ids": [[host, list(ids)] for host, ids in job.node_gpu_ids or ()],
+        })
+        if job.uid == peer["uid"] or self.privileged(peer["uid"]):
+            row["env_setup"] = job.env_setup
+        return row
 
     def node_rows(self):
         holders = {}
@@ -1185,6 +1427,7 @@ class Controller:
         """Forget a submission that could not be stored (its submitter is told so)."""
         job = self.pending.pop(job_id, None)
         if job is not None:
+            self._forget_dependencies(job)
             self.jobs.pop(job_id, None)
             self._new_jobs = [j for j in self._new_jobs if j.id != job_id]
             self._positions_valid = False
@@ -1200,6 +1443,39 @@ class Controller:
         save = self._move(job, JobState.PENDING, now, reason, "store")
         job.queue_seq = seq
         return [save, Log("job %d not started: %s" % (job.id, reason))]
+
+
+HISTORY_LIMIT = 1000  # finished jobs in a history reply when the request names no limit
+_FINAL_ORDER = [state for state in JobState.ALL if state in JobState.FINAL]
+
+
+def _wanted_states(states):
+    """The set of states named in "S[,S]" (any case), or None without a filter; MgpuError for
+    a name that is not a state."""
+    if not states:
+        return None
+    wanted = {s.strip().upper() for s in states.split(",") if s.strip()}
+    unknown = wanted - set(JobState.ALL)
+    if unknown:
+        raise MgpuError(errors.INVALID_ARGUMENT, "unknown state %s (states: %s)"
+                        % (_shown(sorted(unknown)[0]), ", ".join(JobState.ALL)))
+    return wanted
+
+
+def _user_filter(fields, peer):
+    """The user whose jobs a queue or history request wants: `user`, or the peer with `mine`."""
+    user = fields.get("user")
+    if fields.get("mine"):
+        if user is not None and user != peer["user"]:
+            raise MgpuError(errors.INVALID_ARGUMENT, "give either --me or --user, not both")
+        return peer["user"]
+    return user
+
+
+def _dependency_spec(job, limit=200):
+    """A job's --dependency for a log line, cut short past `limit` characters."""
+    spec = format_dependency(job.dependency)
+    return spec if len(spec) <= limit else spec[:limit - 3] + "..."
 
 
 def _launched(job, rank):
@@ -1297,4 +1573,5 @@ def _signal_name(signum):
         return str(signum)
 
 
-__all__ = ["Controller", "Settings", "Reply", "Save", "SaveDrain", "SaveNode", "Launch", "SignalJob", "Release", "Log"]
+__all__ = ["Controller", "Settings", "Reply", "Save", "SaveDrain", "SaveNode", "Launch", "SignalJob", "Release",
+           "ReadHistory", "Log"]

@@ -51,9 +51,11 @@ import json
 import os
 import pwd
 import re
+import select
 import signal
 import socket
 import stat
+import struct
 import threading
 import time
 
@@ -64,6 +66,12 @@ MAX_EVENT = 3800  # below PIPE_BUF: one write of an event line is atomic
 MAX_SPEC = 8 << 20  # a launch request larger than this is refused, not buffered
 STOP_TIMEOUT = 30.0  # how long to wait for a killed job's processes to be gone
 GO_AHEAD = b"g"
+# A job's input (srun -i, --pty): records the daemon writes into the supervisor's FIFO, each one
+# write of at most PIPE_BUF bytes (atomic): a type byte, a 2-byte length, the payload.
+INPUT_OPEN, INPUT_DATA, INPUT_WINDOW, INPUT_EOF = b"o", b"d", b"w", b"e"
+INPUT_RECORD_DATA = 4096 - 3     # payload bytes of one data record
+INPUT_WAIT = 60.0                # no daemon opened the input this long after the start: EOF / hang up
+INPUT_PENDING = 64 * 1024        # bytes read from the FIFO and not yet taken by the job
 
 _libc = None
 
@@ -352,18 +360,21 @@ def _cgroup_remove(path, deadline):
 
 class JobHandle:
     """What proves a process belongs to one job attempt: its supervisor (pid and start time),
-    its process group (= the job's pid) and the job's start time, and its cgroup."""
+    its process group (= the job's pid) and the job's start time, and its cgroup. A job with a
+    pty (srun --pty) leads a session of its own (`session`, = the job's pid): its terminal's."""
 
-    __slots__ = ("sup_pid", "sup_start", "pgid", "job_start", "cgroup", "boot")
+    __slots__ = ("sup_pid", "sup_start", "pgid", "job_start", "cgroup", "boot", "session")
 
-    def __init__(self, sup_pid=None, sup_start=None, pgid=None, job_start=None, cgroup=None, boot=None):
+    def __init__(self, sup_pid=None, sup_start=None, pgid=None, job_start=None, cgroup=None, boot=None,
+                 session=None):
         self.sup_pid, self.sup_start, self.pgid = sup_pid, sup_start, pgid
         self.job_start, self.cgroup, self.boot = job_start, cgroup, boot
+        self.session = session
 
     @classmethod
     def from_record(cls, record):
         return cls(record.get("sup_pid"), record.get("sup_start"), record.get("pgid"),
-                   record.get("job_start"), record.get("cgroup"), record.get("boot_id"))
+                   record.get("job_start"), record.get("cgroup"), record.get("boot_id"), record.get("session"))
 
     def _this_boot(self):
         return self.boot is None or self.boot == boot_id()
@@ -386,7 +397,9 @@ class JobHandle:
             by_parent = {}
             for pid, parent, _, sid, start in procs:
                 by_parent.setdefault(parent, []).append((pid, start))
-                if sid == self.sup_pid and pid != self.sup_pid:
+                if (sid == self.sup_pid and pid != self.sup_pid) or (
+                        self.session and sid == self.session and self.job_start is not None
+                        and start >= self.job_start):
                     found[pid] = start
             frontier = [self.sup_pid]
             while frontier:
@@ -397,8 +410,13 @@ class JobHandle:
         now_at_sup_pid = process_start_time(self.sup_pid)  # our supervisor's zombie, or a stranger
         if self.pgid is None or self.job_start is None or now_at_sup_pid not in (None, self.sup_start):
             return {}
+        # The pty's session: its leader is the job or gone (the kernel reuses no session's id
+        # while a process of it lives); a stranger at that pid means the session is over.
+        session = self.session if self.session and process_start_time(self.session) in (
+            None, self.job_start) else None
         for pid, _, pgid, sid, start in procs:
-            if sid == self.sup_pid and pgid == self.pgid and start >= self.job_start:
+            if start >= self.job_start and ((sid == self.sup_pid and pgid == self.pgid)
+                                            or (session and sid == session)):
                 found[pid] = start
         return found
 
@@ -738,18 +756,36 @@ def _supervise(spec, event_fd, lock_fd, libc):
         return
     if lock_fd is not None:
         os.close(lock_fd)  # our intent is on disk: a new daemon may take over
+    job_input = None
+    if spec.get("stdin") in ("pipe", "pty"):
+        try:
+            job_input = _JobInput(spec)
+        except OSError as e:
+            _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
+                             "exit_code": None, "signal": None,
+                             "error": "cannot set up the job's input (%s): %s" % (spec["stdin"], e.strerror or e)})
+            record.update(phase="exited", exit_code=None, signal=None, end_time=time.time(),
+                          error="cannot set up the job's input: %s" % (e.strerror or e))
+            try:
+                write_record(path, record, dir_fd)
+            except OSError:
+                pass
+            return
     go_read, go_write = os.pipe2(os.O_CLOEXEC)
     error_read, error_write = os.pipe2(os.O_CLOEXEC)
     job_pid = os.fork()
     if job_pid == 0:
         os.close(go_write)
-        _exec_job(spec, go_read, error_write)  # never returns
+        _exec_job(spec, go_read, error_write, job_input)  # never returns
     os.close(go_read)
     os.close(error_write)
-    try:
-        os.setpgid(job_pid, job_pid)  # also done by the child; whichever runs first wins
-    except OSError:
-        pass
+    if job_input is not None:
+        job_input.forked()
+    if job_input is None or not job_input.pty:
+        try:
+            os.setpgid(job_pid, job_pid)  # also done by the child; whichever runs first wins
+        except OSError:
+            pass  # (a job with a pty makes a session of its own: setsid, which a group leader cannot)
     cgroup = spec.get("cgroup")
     if cgroup:
         cgroup = _make_job_cgroup(cgroup)
@@ -761,6 +797,8 @@ def _supervise(spec, event_fd, lock_fd, libc):
                 _rmdir_quietly(cgroup)
                 cgroup = None
     record.update(phase="launched", pgid=job_pid, job_start=process_start_time(job_pid), cgroup=cgroup)
+    if job_input is not None and job_input.pty:
+        record["session"] = job_pid
     handle = JobHandle.from_record(record)
     try:
         write_record(path, record, dir_fd)
@@ -769,6 +807,8 @@ def _supervise(spec, event_fd, lock_fd, libc):
         os.close(go_write)
         status = _wait_for(job_pid)
         _end_leftovers(job_pid, handle)
+        if job_input is not None:
+            job_input.finish()
         _emit(event_fd, {"event": "exited", "job_id": spec["job_id"], "attempt": spec["attempt"],
                          "exit_code": None, "signal": None,
                          "error": "cannot record the job's start in %s: %s" % (path, e.strerror or e)})
@@ -793,8 +833,15 @@ def _supervise(spec, event_fd, lock_fd, libc):
         except OSError:
             pass  # "launched" already forbids a second start
         _emit(event_fd, dict(record, event="started"))
-    status = _wait_for(job_pid)
+    if job_input is None:
+        status = _wait_for(job_pid)
+    else:
+        if job_input.pty and not failure:
+            job_input.open_output(spec)
+        status = job_input.serve(job_pid)
     _end_leftovers(job_pid, handle)
+    if job_input is not None:
+        job_input.finish()
     if os.WIFSIGNALED(status):
         exit_code, signum = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
     else:
@@ -806,6 +853,254 @@ def _supervise(spec, event_fd, lock_fd, libc):
     except OSError:
         pass
     _emit(event_fd, dict(record, event="exited"))
+
+
+class _JobInput:
+    """A job's input, in its supervisor (single-threaded): a FIFO in the root-only records
+    directory (`spec["input"]`) that the daemon opens and writes records into, and either a pipe
+    that is the job's stdin ("pipe") or a pseudo-terminal whose slave is the job's stdin, stdout,
+    stderr and controlling terminal ("pty"; the supervisor copies what the job writes to it into
+    the job's output file, opened as the user). The FIFO is one-shot: when the daemon that opened
+    it closes it (the client is gone, the daemon restarted) or no daemon opens it within
+    INPUT_WAIT, the job's stdin gets EOF, or its terminal hangs up (SIGHUP, as when an ssh
+    connection drops) unless the client's stdin had ended first (then ^D was typed). The job's
+    end never waits for any of it."""
+
+    def __init__(self, spec):
+        self.pty = spec["stdin"] == "pty"
+        self.fifo_path = spec["input"]
+        self.fifo = self.input_fd = self.master = self.child_fd = self.output = self.pidfd = None
+        self.pending = bytearray()       # input read from the FIFO, not yet taken by the job
+        self.records = bytearray()       # FIFO bytes not yet parsed into records
+        self.opened = False              # a daemon has opened the FIFO
+        self.ended = False               # the client's stdin ended (an eof record came)
+        self.eof = False                 # EOF / ^D to deliver once `pending` is taken
+        self.master_idle = False         # no process has the terminal open (EIO): read it now and then
+        _unlink_quietly(self.fifo_path)
+        os.mkfifo(self.fifo_path, 0o600)
+        try:
+            self.fifo = os.open(self.fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if self.pty:
+                import fcntl
+                import termios
+                self.master, self.child_fd = os.openpty()
+                os.set_blocking(self.master, False)
+                fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+                if spec["drop"]:
+                    os.fchown(self.child_fd, spec["uid"], -1)  # the user's terminal, as login makes it
+                    os.fchmod(self.child_fd, 0o620)
+                self.input_fd = self.master
+            else:
+                self.child_fd, self.input_fd = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(self.input_fd, False)
+        except OSError:
+            self.finish()
+            raise
+
+    def forked(self):
+        """The job has its end: drop ours, so that EOF and hang-ups reach the right side."""
+        os.close(self.child_fd)
+        self.child_fd = None
+
+    def open_output(self, spec):
+        """The job's output file, opened with the user's ids (it has just been opened and
+        truncated by the job itself), for the terminal's output; None when it cannot be."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_CLOEXEC
+        if not spec["drop"]:
+            try:
+                self.output = os.open(spec["output"], flags)
+            except OSError:
+                pass
+            return
+        groups = os.getgroups()
+        try:
+            os.setgroups(os.getgrouplist(spec["user"], spec["gid"]))
+            os.setegid(spec["gid"])
+            os.seteuid(spec["uid"])
+            self.output = os.open(spec["output"], flags)
+        except OSError:
+            pass
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+            os.setgroups(groups)
+
+    def serve(self, job_pid):
+        """Carry input to the job and its terminal's output to the file until the job's main
+        process exits; its wait status."""
+        try:
+            self.pidfd = os.pidfd_open(job_pid)
+        except (OSError, AttributeError):
+            self.pidfd = None  # no pidfd here: look for the job's end every 0.1 s
+        wait_until = time.monotonic() + INPUT_WAIT
+        while True:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return 0
+                if pid == 0:
+                    break
+                if pid == job_pid:
+                    return status
+            if self.fifo is not None and not self.opened and time.monotonic() > wait_until:
+                self._input_ended(hangup=True)
+            watched = {}
+            if self.fifo is not None and len(self.pending) < INPUT_PENDING:
+                watched[self.fifo] = select.POLLIN
+            if self.pending and self.input_fd is not None:
+                watched[self.input_fd] = watched.get(self.input_fd, 0) | select.POLLOUT
+            if self.master is not None and not self.master_idle:
+                watched[self.master] = watched.get(self.master, 0) | select.POLLIN
+            if self.pidfd is not None:
+                watched[self.pidfd] = select.POLLIN
+            poller = select.poll()
+            for fd, mask in watched.items():
+                poller.register(fd, mask)
+            try:
+                ready = dict(poller.poll(100 if self.pidfd is None else 1000))
+            except InterruptedError:
+                continue
+            if self.master is not None and (self.master_idle or ready.get(self.master, 0)):
+                self._copy_output()
+            if self.fifo is not None and self.fifo in ready:
+                self._read_fifo()
+            if self.pending and self.input_fd is not None:
+                self._write_input()
+            if not self.pending and self.eof and self.input_fd is not None:
+                self._deliver_eof()
+
+    def _read_fifo(self):
+        try:
+            chunk = os.read(self.fifo, INPUT_PENDING)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._input_ended(hangup=True)
+            return
+        self.opened = True
+        self.records += chunk
+        while len(self.records) >= 3:
+            size = struct.unpack(">H", self.records[1:3])[0]
+            if len(self.records) < 3 + size:
+                break
+            kind, payload = bytes(self.records[:1]), bytes(self.records[3:3 + size])
+            del self.records[:3 + size]
+            if kind == INPUT_DATA and not self.eof:
+                self.pending += payload
+            elif kind == INPUT_WINDOW and self.pty and size == 4:
+                import fcntl
+                import termios
+                rows, cols = struct.unpack(">HH", payload)
+                try:
+                    fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                except OSError:
+                    pass
+            elif kind == INPUT_EOF:
+                self.ended = self.eof = True
+
+    def _input_ended(self, hangup):
+        """The FIFO's writer is gone (or never came): no more input, ever. A hang-up unless
+        the client's stdin had ended first."""
+        os.close(self.fifo)
+        self.fifo = None
+        _unlink_quietly(self.fifo_path)
+        if hangup and not self.ended:
+            self.pending.clear()
+            if self.pty:
+                self._copy_output()
+                self._close_master()  # the kernel hangs the terminal up: SIGHUP to the job
+            else:
+                self._close_input()
+        else:
+            self.ended = self.eof = True
+
+    def _write_input(self):
+        try:
+            written = os.write(self.input_fd, self.pending)
+        except BlockingIOError:
+            return
+        except OSError:  # the job closed its stdin (EPIPE), or its terminal is gone
+            self.pending.clear()
+            if not self.pty:
+                self._close_input()
+            return
+        del self.pending[:written]
+
+    def _deliver_eof(self):
+        if self.pty:
+            try:
+                os.write(self.master, b"\x04")  # ^D: end of input to the terminal's reader
+            except OSError:
+                pass
+            self.eof = False
+            self.input_fd = None  # nothing more is typed into the terminal
+        else:
+            self._close_input()
+
+    def _close_input(self):
+        if self.input_fd is not None and not self.pty:
+            os.close(self.input_fd)
+        self.input_fd = None
+
+    def _copy_output(self):
+        """What the job wrote to its terminal, into its output file; at most a few reads, so
+        input keeps flowing. At EIO (no process has the terminal open now) it stops looking
+        until the job's end."""
+        for _ in range(16):
+            try:
+                chunk = os.read(self.master, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.master_idle = True
+                return
+            self.master_idle = False
+            if self.output is not None:
+                view = memoryview(chunk)
+                try:
+                    while view:
+                        view = view[os.write(self.output, view):]
+                except OSError:
+                    pass  # a full disk: the job's terminal is not held up for it
+
+    def _close_master(self):
+        if self.master is not None:
+            os.close(self.master)
+            if self.input_fd == self.master:
+                self.input_fd = None
+            self.master = None
+
+    def finish(self):
+        """After the job and everything it left are gone: the rest of its terminal's output
+        into the file, and every descriptor and the FIFO released."""
+        if self.master is not None:
+            self._copy_output()
+            self._close_master()
+        if self.fifo is not None:
+            os.close(self.fifo)
+            self.fifo = None
+        _unlink_quietly(self.fifo_path)
+        self._close_input()
+        for name in ("child_fd", "output", "pidfd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _rmdir_quietly(path):
@@ -836,7 +1131,8 @@ def _end_leftovers(job_pid, handle):
         _cgroup_remove(handle.cgroup, deadline)
         remove_cgroup_base(os.path.dirname(handle.cgroup))  # the last job's end leaves nothing behind
     while True:
-        left = [pid for pid, parent, _, sid, _ in _processes() if pid != me and (sid == me or parent == me)]
+        left = [pid for pid, parent, _, sid, _ in _processes()
+                if pid != me and (sid == me or parent == me or (handle.session and sid == handle.session))]
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -855,7 +1151,7 @@ def _end_leftovers(job_pid, handle):
         time.sleep(0.01)
 
 
-def _exec_job(spec, go_read, error_write):
+def _exec_job(spec, go_read, error_write, job_input=None):
     stage = "start"
     code = 1
     try:
@@ -865,7 +1161,15 @@ def _exec_job(spec, go_read, error_write):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        os.setpgid(0, 0)
+        if job_input is not None and job_input.pty:
+            # The job leads a session whose controlling terminal is its pty: Ctrl+C, Ctrl+Z and
+            # window changes reach its foreground process group through the line discipline.
+            os.setsid()
+            import fcntl
+            import termios
+            fcntl.ioctl(job_input.child_fd, termios.TIOCSCTTY, 0)
+        else:
+            os.setpgid(0, 0)
         if os.read(go_read, 1) != GO_AHEAD:
             os._exit(1)  # the supervisor died before recording us: never run the command
         os.close(go_read)
@@ -895,11 +1199,17 @@ def _exec_job(spec, go_read, error_write):
             stage = "cannot open error output %s" % spec["error"]
             os.makedirs(os.path.dirname(spec["error"]), exist_ok=True)
             err = os.open(spec["error"], flags, 0o666)
-        stage = "cannot open /dev/null"
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(err, 2)
+        if job_input is None:
+            stage = "cannot open /dev/null"
+            os.dup2(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 0)
+        else:
+            os.dup2(job_input.child_fd, 0)
+        if job_input is not None and job_input.pty:
+            os.dup2(job_input.child_fd, 1)  # the terminal; the supervisor copies it to the output
+            os.dup2(job_input.child_fd, 2)
+        else:
+            os.dup2(out, 1)
+            os.dup2(err, 2)
         os.closerange(3, error_write)
         os.closerange(error_write + 1, 1 << 20)
         argv = spec["argv"]

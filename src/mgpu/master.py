@@ -16,7 +16,11 @@ are kept in memory and written as soon as the database accepts them again.
 Threads: the main thread runs the loop and alone touches the controller and the store. One
 thread per connection reads requests, posts them to the loop and waits for the reply; a stream
 (attach) thread receives job updates from the loop through its own queue and reads the job's
-output files. The node agent's threads post supervisor events to the same loop.
+output files. The node agent's threads post supervisor events to the same loop. `mgpu history`
+(and `mgpu show` of a job no longer kept in memory) is read from the database by a few reader
+threads on read-only connections of their own (WAL: they read a committed snapshot while the
+loop writes), each read bounded in time; their results go back through the loop, where the
+controller makes the reply.
 
 An attach relayed by a node (`srun -i` of a client on the node's host) is checked by the
 controller like a local one, with the relayed identity; when granted, the same stream runs on a
@@ -34,23 +38,30 @@ import threading
 import time
 
 from . import controller as ctl
-from . import errors, protocol, transport
+from . import errors, paths, protocol, transport
 from .errors import MgpuError
 from .gpus import open_inventory
 from .model import Job, JobState
 from .nodeagent import NodeAgent
 from .nodelink import LocalNodeLink, RemoteNodeLink
 from .statelock import lock_state_dir
-from .store import Store, StoreError
+from .store import HistoryReader, QueryTooSlow, Store, StoreError
 
 MAX_BATCH = 512            # events handled before one commit and one scheduler pass
 MAX_WAIT = 1.0             # the loop wakes at least this often (clock changes, slow timers)
 STREAM_POLL_RUNNING = 0.05  # how often a stream looks for new output
+STREAM_POLL_TERMINAL = 0.02  # ... of a job with a pty: what is typed comes back as its echo
+INPUT_READ_TIMEOUT = 5.0    # the rest of an input frame a client has begun to send
+INPUT_FRAMES_AT_ONCE = 64   # input frames a stream forwards before it looks at the output again
 STREAM_POLL_PENDING = 0.5
 STREAM_KEEPALIVE = 30.0     # a waiting stream sends a frame at least this often
 OUTPUT_CHUNK = 65536
 
 STORE_RETRY = 1.0           # how often a degraded master tries to write its state again
+
+HISTORY_READERS = 2         # threads reading finished jobs for `mgpu history` and `mgpu show`
+HISTORY_BACKLOG = 64        # reads waiting for them; beyond that a client is told to retry
+HISTORY_DEADLINE = 10.0     # seconds one read of the database may take
 
 NODE_HANDSHAKE_TIMEOUT = 10.0  # TLS handshake and registration of a node agent
 NODE_LINK_EVENTS = frozenset(("node_register", "node_report", "node_link_lost"))
@@ -114,7 +125,8 @@ class Master:
             operator_uids=self._operator_uids(config.operators),
             allow_root_jobs=config.allow_root_jobs,
             owner_uid=uid if self.single_user else None,
-            owner_name=owner[0] if owner else None, keep_finished=config.keep_finished)
+            owner_name=owner[0] if owner else None, keep_finished=config.keep_finished,
+            max_requeues=config.max_requeues)
         self.controller = ctl.Controller(settings, finished + active, next_id, next_seq,
                                          drained=self.store.load_drained(),
                                          known_nodes=self.store.load_nodes())
@@ -127,6 +139,9 @@ class Master:
         self.node_seen = {}       # remote node name -> monotonic time it was last heard from
         self.node_grace = {}      # remote node name -> monotonic deadline to re-register after our start
         self.watchers = {}
+        self._input_jobs = set()  # ids of the jobs an attach sends input to (one client each)
+        self._input_lock = threading.Lock()
+        self.history = _HistoryReaders(self.store.path, self.events.put)
         self.counts = (len(active), len(finished))
         # Degraded mode (the store cannot be written): what is not stored yet.
         self.degraded = False
@@ -148,6 +163,26 @@ class Master:
                 log("operator %r is not a user on this host: ignored" % name)
         return uids
 
+    def _warn_if_system_master_runs(self):
+        """Clients prefer the system master: a user's own master next to it serves only those
+        who point MGPU_SOCKET at it, which its user should hear at once."""
+        system = paths.configured_socket() or paths.SYSTEM_SOCKET
+        if os.path.abspath(system) == os.path.abspath(self.config.socket):
+            return
+        try:
+            probe = transport.connect_unix(system, timeout=1.0)
+        except OSError:
+            return
+        try:
+            server_uid = transport.peer_credentials(probe.sock).uid
+        except OSError:
+            server_uid = None
+        finally:
+            probe.close()
+        if server_uid == 0:
+            log("warning: the system master runs on %s: mgpu clients use it, not this single-user master; "
+                "to reach this one, set MGPU_SOCKET=%s" % (system, self.config.socket))
+
     # -- running ----------------------------------------------------------------------------
 
     def run(self):
@@ -156,6 +191,8 @@ class Master:
                 if self.single_user else "jobs run as the users who submit them")
         log("mgpu master on %s: socket %s, state %s, %s" % (c.node_name, c.socket, c.state_dir, mode))
         log("GPUs: %s" % self.inventory_line)
+        if self.single_user:
+            self._warn_if_system_master_runs()
         active, finished = self.counts
         if active or finished:
             log("restored %d active and %d finished jobs; next job id %d"
@@ -186,6 +223,7 @@ class Master:
             self.server.server_close()
             self.server.remove()
             self.agent.stop()
+            self.history.stop()
             self.store.close()
         running = len(self.controller.running)
         if running == 1:
@@ -321,6 +359,8 @@ class Master:
                 link = self.links.get(action.node)
                 if link is not None:
                     link.release(action.job_id, action.attempt)
+            elif kind is ctl.ReadHistory:
+                self.history.submit(action)
             elif kind is ctl.Log:
                 lines.append(action.line)
         if lines:
@@ -428,6 +468,9 @@ class Master:
         if type_ == "output_data":
             link.output_data(fields)
             return
+        if type_ == "job_input_done":
+            link.input_done(fields)
+            return
         self.events.put({"kind": "node_report", "link": link, "type": type_, "fields": fields})
 
     def _node_link_event(self, event, now):
@@ -465,7 +508,7 @@ class Master:
         try:
             type_, request = protocol.check_request(fields["request"])
             if type_ == "attach":
-                token = self._relayed_attach(link, fields["request_id"], bool(request.get("label")))
+                token = self._relayed_attach(link, fields["request_id"], request)
         except MgpuError as e:
             token.queue.put(protocol.error_from(e))
             return None
@@ -476,7 +519,7 @@ class Master:
         token.type = type_
         return {"kind": "request", "type": type_, "fields": request, "token": token, "peer": dict(peer)}
 
-    def _relayed_attach(self, link, request_id, label=False):
+    def _relayed_attach(self, link, request_id, request):
         """The token of a relayed attach: a thread of its own waits for the controller's answer
         and streams the job back through the link. MgpuError when the link has as many streams
         open as it may."""
@@ -486,14 +529,14 @@ class Master:
                             "the most it may; try again later" % (link.name, protocol.MAX_RELAY_STREAMS))
         token = _PendingReply("attach")
         try:
-            threading.Thread(target=self._serve_relayed_stream, args=(stream, token, label),
+            threading.Thread(target=self._serve_relayed_stream, args=(stream, token, request),
                              name="relay-stream-%s-%d" % (link.name, request_id), daemon=True).start()
         except RuntimeError:  # the host cannot start another thread
             stream.close()
             raise MgpuError(errors.UNAVAILABLE, "the master cannot stream another job right now; try again") from None
         return token
 
-    def _serve_relayed_stream(self, stream, token, label=False):
+    def _serve_relayed_stream(self, stream, token, request):
         """A relayed attach (its own thread): the controller's answer goes back to the node and,
         when granted, the job's stream follows, as for a client on this host."""
         try:
@@ -504,7 +547,8 @@ class Master:
                                        % transport.REPLY_TIMEOUT)
             stream.reply(reply)
             if reply.get("ok") and not stream.peer_closed():
-                self._stream(stream, reply["result"], label)
+                self._stream(stream, reply["result"], bool(request.get("label")), request.get("follow", True),
+                             request.get("stream"))
         except Exception as e:  # a bug in one stream must not leave a traceback behind
             log("internal error streaming through node %s: %s: %s" % (stream.link.name, type(e).__name__, e))
         finally:
@@ -650,11 +694,20 @@ class Master:
     def _serve_connection(self, connection, peer):
         for type_, fields, _ in connection.requests():
             reply = self._call(type_, fields, peer)
-            if not connection.reply(reply):
-                return
-            if type_ == "attach" and reply.get("ok"):
-                self._stream(connection, reply["result"], bool(fields.get("label")))
-                return
+            feed = None
+            if type_ == "attach" and reply.get("ok") and fields.get("input"):
+                feed, refusal = self._input_feed(connection, reply["result"], peer, fields)
+                reply["result"] = dict(reply["result"], input=feed is not None, input_refused=refusal)
+            try:
+                if not connection.reply(reply):
+                    return
+                if type_ == "attach" and reply.get("ok"):
+                    self._stream(connection, reply["result"], bool(fields.get("label")),
+                                 fields.get("follow", True), fields.get("stream"), feed)
+                    return
+            finally:
+                if feed is not None:
+                    feed.end()
 
     def _call(self, type_, fields, peer):
         account = _account(peer.uid)
@@ -669,12 +722,29 @@ class Master:
         except queue.Empty:
             return protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s" % transport.REPLY_TIMEOUT)
 
-    def _stream(self, connection, row, label=False):
-        """Stream a job to an `srun -i`: status while it waits, its output while it runs, and a
-        last frame with its final state. Ends when the job ends or the client goes away.
+    def _input_feed(self, connection, row, peer, fields):
+        """(an _InputFeed, None) when this attach may send the job input, else (None, why). Only
+        the job's owner may, one client at a time, and only to a job submitted with -i."""
+        if row["uid"] != peer.uid:
+            return None, "only its owner %s may send job %d input" % (row["user"], row["id"])
+        if row.get("stdin") not in protocol.STDIN_MODES:
+            return None, "job %d was not submitted with -i: its stdin is /dev/null" % row["id"]
+        if not fields.get("follow", True) or row["state"] in JobState.FINAL:
+            return None, "job %d has ended" % row["id"]
+        with self._input_lock:
+            if row["id"] in self._input_jobs:
+                return None, "another client is sending job %d its input" % row["id"]
+            self._input_jobs.add(row["id"])
+        return _InputFeed(self, connection, row), None
+
+    def _stream(self, connection, row, label=False, follow=True, only=None, feed=None):
+        """Stream a job to an `srun -i`, `mgpu attach` or `mgpu logs`: status while it waits,
+        its output while it runs, and a last frame with its final state. Ends when the job ends
+        or the client goes away; without `follow`, once the output written so far is sent.
         `connection`: anything with send(frame) and peer_closed(): a client's Connection, or a
         nodelink.RelayStream for a client on a node's host. A job on several hosts streams its
-        rank 0; with `label`, every part, each line prefixed with its rank."""
+        rank 0; with `label`, every part, each line prefixed with its rank. `only`: "stdout" or
+        "stderr", that output file alone. Files are read as the job's user, never as root."""
         watcher = _Watcher(row["id"])
         self.events.put({"kind": "watch", "watcher": watcher})
         files, partial = {}, {}
@@ -684,12 +754,18 @@ class Master:
         try:
             while True:
                 poll = STREAM_POLL_RUNNING if row["state"] == JobState.RUNNING else STREAM_POLL_PENDING
+                if feed is not None and feed.waits_on_client(row):
+                    # Input wakes the stream at once; job updates wait for the poll's end.
+                    connection.readable(STREAM_POLL_TERMINAL if row.get("stdin") == "pty" else poll)
+                    poll = 0
                 try:
-                    row = watcher.updates.get(timeout=poll)
+                    row = watcher.updates.get(timeout=poll) if poll else watcher.updates.get_nowait()
                     while True:
                         row = watcher.updates.get_nowait()
                 except queue.Empty:
                     pass
+                if feed is not None and not feed.pump(row):
+                    return  # the client has gone away (or sent what is not input)
                 state = row["state"]
                 status = (state, row.get("position"), row.get("reason"), row.get("node"), tuple(row["gpu_ids"]))
                 if status != last_status and state in JobState.ACTIVE:
@@ -697,9 +773,10 @@ class Master:
                     connection.send({"type": "status", "job": row})
                     last_sent = time.monotonic()
                 # Read output only once the job has opened (and truncated) its files.
+                final = state in JobState.FINAL or not follow
                 if row["started"] or state in JobState.FINAL:
-                    self._pump_output(connection, row, uid, files, state in JobState.FINAL, label, partial)
-                if state in JobState.FINAL:
+                    self._pump_output(connection, row, uid, files, final, label, partial, only)
+                if final:
                     connection.send({"type": "end", "job": row})
                     return
                 if connection.peer_closed():
@@ -715,7 +792,7 @@ class Master:
                 if output is not None:
                     output.close()
 
-    def _pump_output(self, connection, row, uid, files, final, label=False, partial=None):
+    def _pump_output(self, connection, row, uid, files, final, label=False, partial=None, only=None):
         """Send what the job's output files (of rank 0, or of every part with `label`) hold
         beyond what was sent. Labelled output goes line by line ("1: text"): the end of a line
         cut short by a read waits in `partial` for the rest (or for the job's end)."""
@@ -724,16 +801,24 @@ class Master:
         for rank in range(len(parts)) if labelled else (0,):
             link = self.links.get(parts[rank]["name"])
             if link is None:
+                if final:
+                    connection.send({"type": "notice", "text": "the output is on host %s, which is not connected "
+                                     "to the master" % parts[rank]["name"]})
                 continue
             streams = [("stdout", part_path(row["output"], rank, len(parts)))]
             if row.get("error") and row["error"] != row["output"]:
                 streams.append(("stderr", part_path(row["error"], rank, len(parts))))
             for stream, path in streams:
+                if only is not None and stream != only:
+                    continue
                 key = (rank, stream)
                 output = files.get(key)
                 if output is None:
                     output = files[key] = link.open_output(path, uid, row["user"])
                     if output is None:
+                        if final:
+                            connection.send({"type": "notice", "text": "cannot read %s on %s: no such file, or "
+                                             "not a regular file of %s" % (path, parts[rank]["name"], row["user"])})
                         continue
                 while True:
                     chunk = output.read(OUTPUT_CHUNK)
@@ -744,6 +829,143 @@ class Master:
                         connection.send({"type": "output", "stream": stream, "data": chunk.decode("latin-1")})
                     if last:
                         break
+
+
+class _HistoryReaders:
+    """Threads that read finished jobs from the state database for `mgpu history` and `mgpu
+    show`, each on a read-only connection of its own (store.HistoryReader), so that reading a
+    large database never stalls the loop. Each result goes back to the loop as a
+    `history_read` event, where the controller makes the reply. Started on first use."""
+
+    def __init__(self, path, post):
+        self.path = path
+        self.post = post
+        self.reads = queue.Queue(HISTORY_BACKLOG)
+        self.threads = []
+
+    def submit(self, read):
+        try:
+            while len(self.threads) < HISTORY_READERS:
+                thread = threading.Thread(target=self._serve, name="history-%d" % len(self.threads), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+        except RuntimeError:  # the host cannot start another thread: those started serve
+            pass
+        if not self.threads:
+            read.token.queue.put(protocol.error(errors.UNAVAILABLE, "the master cannot start a thread to read "
+                                                "its job history right now; try again in a moment"))
+            return
+        try:
+            self.reads.put_nowait(read)
+        except queue.Full:
+            read.token.queue.put(protocol.error(errors.UNAVAILABLE, "the master is busy reading its job "
+                                                "history for other requests; try again in a moment"))
+
+    def _serve(self):
+        reader = None
+        while True:
+            read = self.reads.get()
+            if read is None:
+                break
+            event = {"kind": "history_read", "read": read}
+            try:
+                if reader is None:
+                    reader = HistoryReader(self.path, HISTORY_DEADLINE)
+                event["jobs"], event["more"] = reader.finished_jobs(**read.filters)
+            except QueryTooSlow:
+                event["error"] = (errors.TIMEOUT, "reading the job history took longer than %g s: narrow it "
+                                  "with --since, --user, -j or --limit" % HISTORY_DEADLINE)
+            except StoreError as e:
+                event["error"] = (errors.INTERNAL, str(e))
+                if reader is not None:  # opened again for the next read
+                    reader.close()
+                    reader = None
+            except Exception as e:  # a bug must not leave the client without an answer
+                log("internal error reading the job history: %s: %s" % (type(e).__name__, e))
+                event["error"] = (errors.INTERNAL, "internal error reading the job history: %s" % e)
+            self.post(event)
+        if reader is not None:
+            reader.close()
+
+    def stop(self):
+        for _ in self.threads:
+            try:
+                self.reads.put_nowait(None)
+            except queue.Full:
+                pass
+
+
+class _InputFeed:
+    """A client's input for the job it attaches to (srun -i, --pty), read from its connection
+    by the stream's thread while the job runs and passed to the job's host (nodelink), at the
+    job's pace: one frame waits here while the host is busy, and nothing more is read from the
+    client meanwhile (its own socket buffer holds it back). The first time the job runs it
+    opens the attempt's input; a new attempt (requeued) gets the input from then on; the end of
+    the stream hangs the input up."""
+
+    def __init__(self, master, connection, row):
+        self.master, self.connection = master, connection
+        self.job_id = row["id"]
+        self.link = self.attempt = None
+        self.frame = None       # a checked input frame the job's host has not taken yet
+        self.taking = True      # the job takes input (False: what the client sends is dropped)
+        self.finished = False   # the client's stdin ended (eof sent on)
+
+    @staticmethod
+    def _running(row):
+        return row["state"] == JobState.RUNNING and row["started"]
+
+    def waits_on_client(self, row):
+        return self._running(row) and self.frame is None
+
+    def pump(self, row):
+        """Forward what the client has sent, as far as the job takes it; False when the client
+        has closed its connection or sent a bad frame (it got one error line)."""
+        if not self._running(row):
+            return True
+        if row["attempt"] != self.attempt:
+            self._hang_up()
+            self.attempt = row["attempt"]
+            node = (row.get("nodes") or [{"name": row["node"]}])[0]["name"]
+            self.link = self.master.links.get(node)
+            self.frame = None
+            self.taking = not self.finished and self.link is not None and self.link.send_input(
+                self.job_id, self.attempt) != "closed"
+        for _ in range(INPUT_FRAMES_AT_ONCE):
+            if self.frame is None:
+                if not self.connection.readable(0):
+                    return True
+                try:
+                    message = self.connection.read(INPUT_READ_TIMEOUT)
+                    if message is None:
+                        return False
+                    frame = protocol.check_input(message)
+                except MgpuError as e:
+                    if e.code == errors.TIMEOUT:
+                        return True
+                    self.connection.send(protocol.error_from(e))
+                    return False
+                if not self.taking:
+                    continue
+                self.frame = frame
+            result = self.link.send_input(self.job_id, self.attempt, **self.frame)
+            if result == "busy":
+                return True
+            if result == "closed" or self.frame["eof"]:
+                self.taking = False
+                self.finished = self.frame["eof"]
+            self.frame = None
+        return True
+
+    def _hang_up(self):
+        if self.link is not None and self.taking:
+            self.link.end_input(self.job_id, self.attempt)
+        self.taking = False
+
+    def end(self):
+        self._hang_up()
+        with self.master._input_lock:
+            self.master._input_jobs.discard(self.job_id)
 
 
 class _RelayedReply:
@@ -848,6 +1070,8 @@ def part_record(job, rank):
     part = Job.from_dict(job.to_dict())
     part.node, part.alloc = job.parts[rank][0], tuple(job.parts[rank][1])
     part.output, part.error = part_path(job.output, rank), part_path(job.error, rank)
+    if rank:
+        part.stdin = None  # srun -i's input goes to rank 0, as Slurm's to task 0
     if job.mpi and rank:  # mpirun on rank 0 starts the processes: this part holds the GPUs
         part.command, part.env_setup = list(MPI_HOLDER), None
     return part

@@ -1,8 +1,9 @@
 """The domain: jobs, their states and allowed transitions, resource requests, nodes and GPUs.
 
 Owns: `JobState` names, the one table of allowed transitions, `Job` (with the one function that
-changes its state), `ResourceRequest`, `Gpu`, `Node`, `Allocation`, and parsing of the
-user-facing value formats (durations, signal specs, GPU id lists).
+changes its state), `ResourceRequest`, `Gpu`, `Node`, `Allocation`, what each dependency type
+means, and parsing of the user-facing value formats (durations, signal specs, GPU id lists,
+dependency specs).
 Must not: import sockets, threads, time, sqlite3, pynvml or anything else that does I/O.
 """
 
@@ -19,6 +20,8 @@ MAX_MEM_MB = 16 * 1024 * 1024   # memory per GPU: 1 MB .. 16 TiB
 MAX_JOB_ID = 2 ** 63 - 1        # job ids: 1 .. MAX_JOB_ID (an SQLite integer)
 MAX_SIGNAL = 64                 # signals: 1 .. 64, and only those this platform names
 MAX_PATH = 4096                 # UTF-8 bytes of a path (PATH_MAX), also once %j %u %x are expanded
+MAX_DEPENDENCIES = 1000         # job ids in one --dependency
+MAX_DEPENDENCY_SPEC = 32768     # characters of a --dependency spec
 
 
 class JobState:
@@ -157,7 +160,7 @@ JOB_FIELDS = (
     "master_port", "launch_failures", "distributed", "mpi", "time_limit", "priority", "requeue", "warn_signal",
     "warn_seconds", "submit_time", "queue_seq", "state", "reason", "exit_code", "start_time",
     "end_time", "node", "alloc", "attempt", "restarts", "sup_pid", "sup_start", "pgid",
-    "stop_cause", "stop_deadline", "warned", "umask",
+    "stop_cause", "stop_deadline", "warned", "umask", "dependency", "stdin",
 )
 
 
@@ -196,6 +199,9 @@ class Job:
         self.part_status = list(self.part_status) if self.part_status else None
         if self.launch_failures is None:
             self.launch_failures = 0
+        # --dependency: [[type, job id, met], ...] in the order given; `met` turns true once that
+        # condition holds (it never turns false again: see dependency_outcome). None without.
+        self.dependency = [list(entry) for entry in self.dependency] if self.dependency else None
 
     @property
     def multi_host(self):
@@ -384,3 +390,91 @@ def parse_gpu_ids(text):
         seen.add(int(part))
         ids.append(int(part))
     return tuple(ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Job dependencies (Slurm's --dependency): TYPE:ID[:ID...][,TYPE:ID...], all must hold.
+#   after       the job has started (or ended without starting: cancelled while pending)
+#   afterany    the job has ended, in any state
+#   afterok     the job has ended COMPLETED
+#   afternotok  the job has ended in a failed state (FAILED, TIMEOUT, NODE_FAIL, CANCELLED)
+# A requeued job (RUNNING -> PENDING) has not ended; it has started.
+
+DEPENDENCY_TYPES = ("after", "afterany", "afterok", "afternotok")
+_UNSUPPORTED_DEPENDENCY_TYPES = ("singleton", "aftercorr", "afterburstbuffer", "expand")
+_DEPENDENCY_WAITS_FOR = {"after": "start", "afterany": "end", "afterok": "complete",
+                         "afternotok": "fail"}
+
+
+def dependency_outcome(kind, state, started):
+    """Whether a dependency of type `kind` on a job in `state` (which has `started`: ran at
+    least once) holds: True, can never hold: False, or not yet: None."""
+    if kind == "after":
+        return True if started or state in JobState.FINAL else None
+    if state not in JobState.FINAL:
+        return None
+    if kind == "afterok":
+        return state == JobState.COMPLETED
+    if kind == "afternotok":
+        return state != JobState.COMPLETED
+    return True  # afterany
+
+
+def dependency_waits(kind, job_id):
+    """How a job's reason says what it waits for: `waits for job 5 to complete (afterok:5)`."""
+    return "waits for job %d to %s (%s:%d)" % (job_id, _DEPENDENCY_WAITS_FOR.get(kind, "end"), kind, job_id)
+
+
+def parse_dependency(text):
+    """`afterok:5:6,after:3` -> [["afterok", 5], ["afterok", 6], ["after", 3]] (each pair once,
+    in the order given); ValueError (one line) otherwise."""
+    text = str(text)
+    if len(text) > MAX_DEPENDENCY_SPEC:
+        raise ValueError("--dependency is too long: at most %d characters" % MAX_DEPENDENCY_SPEC)
+    text = text.strip()
+    if not text:
+        raise ValueError("--dependency needs TYPE:JOBID[:JOBID...], e.g. afterok:5")
+    if "?" in text:
+        raise ValueError("--dependency %r: '?' (any one of) is not supported: join types with ',' "
+                         "(all must hold)" % _clip(text))
+    pairs, seen = [], set()
+    for item in text.split(","):
+        if not item.strip():
+            raise ValueError("--dependency %r: an empty entry (write TYPE:JOBID[:JOBID...],TYPE:...)" % _clip(text))
+        kind, colon, ids = item.strip().partition(":")
+        kind = kind.strip().lower()
+        if kind in _UNSUPPORTED_DEPENDENCY_TYPES:
+            raise ValueError("--dependency: %s is not supported (types: %s)" % (kind, ", ".join(DEPENDENCY_TYPES)))
+        if kind not in DEPENDENCY_TYPES:
+            if kind.isascii() and kind.isdigit():
+                raise ValueError("--dependency %r: give a type before the job id, e.g. afterok:%s"
+                                 % (_clip(text), _clip(kind)))
+            raise ValueError("--dependency: unknown type %r (types: %s)" % (_clip(kind), ", ".join(DEPENDENCY_TYPES)))
+        if not colon or not ids.strip():
+            raise ValueError("--dependency: %s needs job ids, e.g. %s:5" % (kind, kind))
+        for part in ids.split(":"):
+            part = part.strip()
+            if "+" in part:
+                raise ValueError("--dependency %r: a delay after '+' is not supported" % _clip(text))
+            if not (part.isascii() and part.isdigit()) or len(part) > 19 or not 1 <= int(part) <= MAX_JOB_ID:
+                raise ValueError("--dependency: bad job id %r (job ids go from 1 to %d)" % (_clip(part), MAX_JOB_ID))
+            job_id = int(part)
+            if (kind, job_id) not in seen:
+                seen.add((kind, job_id))
+                pairs.append([kind, job_id])
+            if len(pairs) > MAX_DEPENDENCIES:
+                raise ValueError("--dependency names more than %d job ids" % MAX_DEPENDENCIES)
+    return pairs
+
+
+def format_dependency(entries):
+    """The spec of [[type, id, ...], ...]: consecutive ids of one type joined, e.g.
+    `afterok:5:6,after:3`."""
+    groups = []
+    for entry in entries or ():
+        kind, job_id = entry[0], entry[1]
+        if groups and groups[-1][0] == kind:
+            groups[-1][1].append(str(job_id))
+        else:
+            groups.append((kind, [str(job_id)]))
+    return ",".join("%s:%s" % (kind, ":".join(ids)) for kind, ids in groups)

@@ -335,6 +335,7 @@ class NodeDaemon:
                 self.connected.clear()
                 connection.close()
                 self._fail_relayed("the link to the master %s was lost; try again shortly" % self.master_address)
+                self.agent.close_all_input()  # its jobs' input came through this link: it has ended
             if reason is not None and not self._stopping.is_set():
                 self.log("node %s: link lost: %s; reconnecting" % (self.name, reason))
 
@@ -502,10 +503,33 @@ class NodeDaemon:
                 self._to_stream(fields["request_id"], fields["reply"])
         elif type_ == "relay_frame":
             self._to_stream(fields["request_id"], fields["frame"])
+        elif type_ == "job_input":
+            self._job_input(fields)
         elif type_ == "kill":
             self.log("node %s: kill job %d attempt %d (the master does not run it)"
                      % (self.name, fields["job_id"], fields["attempt"]))
             self.agent.kill_attempt(fields["job_id"], fields["attempt"])
+
+    def _job_input(self, fields):
+        """A client's input for a job running here (the link thread): to its supervisor,
+        through the agent's bounded channel. The master sends at most protocol.INPUT_WINDOW
+        bytes ahead of our job_input_done; a master that sends more has the input closed."""
+        job_id, attempt = fields["job_id"], fields["attempt"]
+
+        def progress(written, closed):
+            self._post(protocol.node_message("job_input_done", job_id=job_id, attempt=attempt,
+                                             written=written, closed=closed))
+
+        result = self.agent.send_input(job_id, attempt, fields.get("data"), bool(fields.get("eof")),
+                                       fields.get("rows"), fields.get("cols"), bool(fields.get("hangup")),
+                                       on_progress=progress)
+        if result == "busy":
+            self.log("node %s: job %d: more input than the master may send at once: its input is closed"
+                     % (self.name, job_id))
+            self.agent.close_input(job_id, attempt)
+            progress(0, True)
+        elif result == "closed" and not fields.get("hangup"):
+            progress(0, True)
 
     def _refuse_launch(self, job_id, attempt, why, error):
         """A launch this node will not carry out: one log line, and the job's end (never started,
@@ -561,7 +585,15 @@ class NodeDaemon:
         master with the identity the kernel gave, and its reply passed back. An attach streams
         the job and ends the connection, as on the master."""
         for type_, _, message in connection.requests():
+            if type_ == "submit" and message.get("stdin") == "pty":
+                connection.reply(protocol.error(errors.INVALID_ARGUMENT, "--pty is not available from a node's "
+                                                "host (%s): run it on the master's host" % self.name))
+                continue
+            if type_ == "submit" and "stdin" in message:
+                message = {k: v for k, v in message.items() if k != "stdin"}  # no input through a relay
             if type_ == "attach":
+                if message.get("input"):
+                    message = {k: v for k, v in message.items() if k != "input"}
                 self._relay_stream(connection, message, peer)
                 return
             try:

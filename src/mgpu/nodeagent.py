@@ -14,26 +14,122 @@ record and not started twice, and at start every record in the state directory i
 (`adopt_records`), since the node has no store of its own.
 """
 
+import collections
 import os
 import pwd
 import queue
+import select
+import struct
 import threading
 import time
 
-from . import bundle, errors, launcher
+from . import bundle, errors, launcher, protocol
 from .errors import MgpuError
 
+INPUT_BACKLOG = protocol.INPUT_WINDOW  # bytes of a job's input held here for its supervisor's FIFO
+INPUT_WRITE_SLICE = 1.0     # an input channel's thread looks whether it was closed this often
 WATCH_INTERVAL = 2.0  # seconds between liveness checks of supervisors and GPU usage reads
 KILL_RECORD_WAIT = 5.0  # how long a killed attempt's launch may take to reach its supervisor
 
 
 def _unlink_record(path):
-    """Delete an attempt's record and any write of it a supervisor left unfinished."""
-    for name in (path, path + ".tmp"):
+    """Delete an attempt's record, any write of it a supervisor left unfinished, and the FIFO
+    of its input."""
+    for name in (path, path + ".tmp", input_path(path)):
         try:
             os.unlink(name)
         except OSError:
             pass
+
+
+def input_path(record_path):
+    """The FIFO through which an attempt's supervisor takes its input (srun -i, --pty)."""
+    return record_path[:-len(".json")] + ".in" if record_path.endswith(".json") else record_path + ".in"
+
+
+class InputChannel:
+    """One attempt's input on its way to its supervisor's FIFO: records queued by the stream
+    that carries a client's input (the master's, or the node link's), written by a thread of its
+    own so that a job that does not read never blocks the caller. At most INPUT_BACKLOG bytes
+    wait here: put() says "busy" beyond that, and the caller waits (the master) or drops the
+    input (a node whose master sent more than the window allows)."""
+
+    def __init__(self, fd, on_progress=None):
+        self.fd = fd
+        self.on_progress = on_progress    # called (written, closed) from the thread
+        self.records = collections.deque()
+        self.size = 0                     # bytes of data (record payloads) waiting here
+        self.written = 0                  # bytes of data handed to the supervisor
+        self.closing = False
+        self.closed = False
+        self.lock = threading.Condition()
+        self.thread = threading.Thread(target=self._write, name="job-input", daemon=True)
+
+    def put(self, data=None, eof=False, rows=None, cols=None, hangup=False):
+        """"ok", "busy" (the backlog is full: try again) or "closed"."""
+        records = []
+        if rows is not None and cols is not None:
+            records.append(launcher.INPUT_WINDOW + struct.pack(">HHH", 4, rows, cols))
+        for start in range(0, len(data or b""), launcher.INPUT_RECORD_DATA):
+            piece = data[start:start + launcher.INPUT_RECORD_DATA]
+            records.append(launcher.INPUT_DATA + struct.pack(">H", len(piece)) + piece)
+        if eof:
+            records.append(launcher.INPUT_EOF + b"\0\0")
+        with self.lock:
+            if self.closed or self.closing:
+                return "closed"
+            if data and self.size and self.size + len(data) > INPUT_BACKLOG:
+                return "busy"
+            for record in records:
+                self.records.append(record)
+            self.size += len(data or b"")
+            if eof or hangup:
+                self.closing = True
+            self.lock.notify()
+        return "ok"
+
+    def close(self):
+        """No more input: what is queued goes first, then the FIFO is closed (a hang-up, unless
+        an eof was queued)."""
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+
+    def _write(self):
+        try:
+            while True:
+                with self.lock:
+                    while not self.records and not self.closing:
+                        self.lock.wait(INPUT_WRITE_SLICE)
+                    if not self.records:
+                        return
+                    record = self.records[0]
+                try:
+                    os.write(self.fd, record)
+                except BlockingIOError:
+                    select.select([], [self.fd], [], INPUT_WRITE_SLICE)
+                    continue
+                except OSError:
+                    return  # the supervisor has closed its end: the job ended or its input did
+                with self.lock:
+                    self.records.popleft()
+                    if record[:1] == launcher.INPUT_DATA:
+                        self.size -= len(record) - 3
+                        self.written += len(record) - 3
+                    idle = not self.records
+                if self.on_progress is not None and idle:
+                    self.on_progress(self.written, False)
+        finally:
+            with self.lock:
+                self.closed = True
+                self.records.clear()
+                self.size = 0
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            if self.on_progress is not None:
+                self.on_progress(self.written, True)
 
 
 class _Supervised:
@@ -70,6 +166,8 @@ class NodeAgent:
         self._stopping = threading.Event()
         self._usage = {}
         self._obsolete_records = queue.SimpleQueue()
+        self._inputs = {}  # (job_id, attempt) -> its InputChannel, while open
+        self._inputs_used = set()  # (job_id, attempt) whose input was opened: never again
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -154,6 +252,9 @@ class NodeAgent:
             "record": self.record_path(job.id, job.attempt),
             "cgroup": launcher.job_cgroup(self.cgroup_base, job.id, job.attempt),
         }
+        if job.stdin in ("pipe", "pty"):
+            spec["stdin"] = job.stdin
+            spec["input"] = input_path(spec["record"])
         if job.mpi and job.parts and job.node == job.parts[0][0]:
             # Rank 0 of an --mpi job runs mpirun: an Open MPI hostfile of the job's hosts, one
             # slot per GPU, written as the user before the command starts.
@@ -189,6 +290,55 @@ class NodeAgent:
             handle = entry.handle
         handle.signal(signum)
 
+    # -- input (srun -i, --pty) -----------------------------------------------------------------
+
+    def send_input(self, job_id, attempt, data=None, eof=False, rows=None, cols=None, hangup=False,
+                   on_progress=None):
+        """Hand a client's input to the supervisor of this attempt: "ok", "busy" (its backlog is
+        full: try again later) or "closed" (no such attempt here, it takes no input, or its
+        input has ended). The first call opens the attempt's FIFO (once: a second client, or one
+        after a restart of the supervisor's daemon, finds it closed)."""
+        key = (job_id, attempt)
+        with self._lock:
+            channel = self._inputs.get(key)
+            entry = self._supervised.get(job_id)
+            if channel is None:
+                if entry is None or entry.attempt != attempt or hangup or key in self._inputs_used:
+                    return "closed"
+                try:
+                    fd = os.open(input_path(self.record_path(job_id, attempt)),
+                                 os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except OSError:
+                    return "closed"  # no FIFO (not interactive, or used up), or no reader any more
+                try:
+                    os.write(fd, launcher.INPUT_OPEN + b"\0\0")
+                except OSError:
+                    os.close(fd)
+                    return "closed"
+                channel = self._inputs[key] = InputChannel(fd, on_progress)
+                self._inputs_used.add(key)
+                channel.thread.start()
+        result = channel.put(data, eof, rows, cols, hangup)
+        if result == "closed" or eof or hangup:
+            with self._lock:
+                if self._inputs.get(key) is channel:
+                    del self._inputs[key]
+        return result
+
+    def close_input(self, job_id, attempt):
+        """The stream carrying this attempt's input is gone: hang its input up."""
+        with self._lock:
+            channel = self._inputs.pop((job_id, attempt), None)
+        if channel is not None:
+            channel.close()
+
+    def close_all_input(self):
+        """The link that carried every open input is lost (a node whose master went away)."""
+        with self._lock:
+            channels, self._inputs = list(self._inputs.values()), {}
+        for channel in channels:
+            channel.close()
+
     def release(self, job_id, attempt):
         """The master has recorded the end of this attempt: forget it. (The record is deleted
         by a thread of its own: an unlink can take a millisecond, and the master's loop must
@@ -197,6 +347,10 @@ class NodeAgent:
             entry = self._supervised.get(job_id)
             if entry is not None and entry.attempt == attempt:
                 del self._supervised[job_id]
+            channel = self._inputs.pop((job_id, attempt), None)
+            self._inputs_used.discard((job_id, attempt))
+        if channel is not None:
+            channel.close()
         self._obsolete_records.put(self.record_path(job_id, attempt))
 
     def _already_launched(self, job_id, attempt):

@@ -52,6 +52,16 @@ class NodeLink:
         close()), or None when it cannot be read (yet)."""
         raise NotImplementedError
 
+    def send_input(self, job_id, attempt, data=None, eof=False, rows=None, cols=None):
+        """Pass a client's input (bytes, its end, its window size) to an attempt's supervisor;
+        the first call opens the attempt's input. "ok", "busy" (nothing was taken: try again
+        shortly) or "closed" (the attempt takes no more input)."""
+        raise NotImplementedError
+
+    def end_input(self, job_id, attempt):
+        """The client that sent input is gone: the attempt's input hangs up."""
+        raise NotImplementedError
+
 
 class LocalOutput:
     """A job's output file on the master's own host: a descriptor opened as the user."""
@@ -111,6 +121,12 @@ class LocalNodeLink(NodeLink):
         fd = self.agent.open_output(path, uid)
         return None if fd is None else LocalOutput(fd)
 
+    def send_input(self, job_id, attempt, data=None, eof=False, rows=None, cols=None):
+        return self.agent.send_input(job_id, attempt, data, eof, rows, cols)
+
+    def end_input(self, job_id, attempt):
+        self.agent.close_input(job_id, attempt)
+
 
 class RemoteNodeLink(NodeLink):
     """A node agent on another host, over its authenticated TLS connection. One thread (the
@@ -132,6 +148,7 @@ class RemoteNodeLink(NodeLink):
         self._reads_lock = threading.Lock()
         self._next_read = 1
         self._streams = {}  # relay request id -> its RelayStream, while open
+        self._inputs = {}   # (job_id, attempt) -> [bytes sent, bytes the node wrote, closed]
         self._outbox = collections.deque()   # encoded frames, oldest first
         self._outbox_bytes = 0
         self._outbox_lock = threading.Lock()
@@ -240,6 +257,53 @@ class RemoteNodeLink(NodeLink):
 
     def open_output(self, path, uid, user):
         return RemoteOutput(self, path, user)
+
+    def send_input(self, job_id, attempt, data=None, eof=False, rows=None, cols=None):
+        """Input goes out as job_input, at most protocol.INPUT_WINDOW bytes ahead of what the
+        node says it has handed to the job (job_input_done), and only while the outbox has
+        room: "busy" otherwise."""
+        key = (job_id, attempt)
+        with self._outbox_lock:
+            if self.closed:
+                return "closed"
+            progress = self._inputs.setdefault(key, [0, 0, False])
+            if progress[2]:
+                return "closed"
+            size = len(data or b"")
+            if size and (progress[0] - progress[1] + size > protocol.INPUT_WINDOW
+                         or self._outbox_bytes > STREAM_OUTBOX_BYTES):
+                return "busy"
+            progress[0] += size
+        fields = {"job_id": job_id, "attempt": attempt}
+        if data:
+            fields["data"] = data.decode("latin-1")
+        if rows is not None and cols is not None:
+            fields.update(rows=rows, cols=cols)
+        if eof:
+            fields["eof"] = True
+        self._send("job_input", **fields)
+        if eof:
+            self._forget_input(key)
+        return "ok"
+
+    def end_input(self, job_id, attempt):
+        with self._outbox_lock:
+            known = self._inputs.pop((job_id, attempt), None)
+        if known is not None and not known[2]:
+            self._send("job_input", job_id=job_id, attempt=attempt, hangup=True)
+
+    def input_done(self, fields):
+        """The node's job_input_done (its reader thread): how much of an attempt's input the
+        job has been handed, or that it takes no more."""
+        with self._outbox_lock:
+            progress = self._inputs.get((fields["job_id"], fields["attempt"]))
+            if progress is not None:
+                progress[1] = max(progress[1], fields["written"])
+                progress[2] = progress[2] or bool(fields.get("closed"))
+
+    def _forget_input(self, key):
+        with self._outbox_lock:
+            self._inputs.pop(key, None)
 
     def read_output(self, path, user, offset, max_bytes, timeout=OUTPUT_READ_TIMEOUT):
         """Bytes of a job's output file on this node from `offset` (b"" when there is nothing

@@ -127,14 +127,14 @@ def configured_socket(config_path=SYSTEM_CONFIG):
 
 
 def client_socket_candidates():
-    """Sockets a client tries, in order: MGPU_SOCKET alone when set; otherwise the user's own
-    single-user master, then the system master (as configured, else its default path). The
-    client checks each one (its directory, and who serves it) before it sends anything."""
+    """Sockets a client tries, in order: MGPU_SOCKET alone when set; otherwise the system
+    master (as configured, else its default path), then the user's own single-user master (a
+    try-out started by the user never takes over from the shared master). The client checks
+    each one (its directory, and who serves it) before it sends anything."""
     explicit = os.environ.get("MGPU_SOCKET")
     if explicit:
         return [explicit]
-    candidates = []
+    candidates = [configured_socket() or SYSTEM_SOCKET]
     if os.getuid() != 0:
         candidates.append(user_socket())
-    candidates.append(configured_socket() or SYSTEM_SOCKET)
     return candidates

@@ -26,8 +26,17 @@ string in them free of NUL, and every number and size within its limit:
                                master expands %j %u %x in output and error
     env_setup                  at most MAX_ENV_SETUP bytes
     queue user, state          at most MAX_FILTER characters
+    queue, history ids         at most MAX_IDS_NAMED, each 1 .. MAX_JOB_ID
+    history user, state        at most MAX_FILTER characters (states: final ones)
+    history since              0 .. MAX_TIME (epoch seconds: jobs that ended since then)
+    history limit              1 .. MAX_HISTORY_LIMIT jobs
+    show job_id                1 .. MAX_JOB_ID
     cancel ids                 at most MAX_CANCEL_IDS, each 1 .. MAX_JOB_ID
     attach job_id              1 .. MAX_JOB_ID
+    submit stdin               "pipe" (srun -i: the client's stdin) or "pty" (srun --pty)
+    input frames (after an attach that asked for input): data at most MAX_INPUT_DATA
+                               characters, each U+0000..U+00FF (bytes as latin-1); rows and
+                               cols 1 .. MAX_WINDOW, both or neither; eof true or absent
     nnodes                     1 .. MAX_JOB_HOSTS (hosts of one job; with gpus per host)
     node_gpu_ids               at most MAX_JOB_HOSTS [host, [GPU ids]] pairs: a valid node
                                name each, GPU ids as gpu_ids
@@ -35,6 +44,9 @@ string in them free of NUL, and every number and size within its limit:
                                (valid_node_name; known to the master: the controller)
     drain, resume node         1 .. MAX_NODE_NAME characters (the controller: valid_node_name)
     drain reason               at most MAX_DRAIN_REASON characters, no control characters
+    dependency                 at most MAX_DEPENDENCIES [type, job id] pairs: a type of
+                               DEPENDENCY_TYPES, an id 1 .. MAX_JOB_ID (known to the master,
+                               and satisfiable: the controller)
 
 Owns: encoding, decoding and field validation of every message. Must not: touch sockets.
 """
@@ -43,7 +55,7 @@ import json
 
 from . import errors
 from .errors import MgpuError
-from .model import (MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY, MAX_SIGNAL,
+from .model import (DEPENDENCY_TYPES, MAX_DEPENDENCIES, MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY, MAX_SIGNAL,
                     MAX_SECONDS, is_signal)
 
 VERSION = 1
@@ -68,6 +80,13 @@ MAX_NODE_NAME = 64               # characters of a node name (see valid_node_nam
 MAX_NODES_NAMED = 1024           # node names in one --nodelist or --exclude
 MAX_JOB_HOSTS = 1024             # hosts of one job (--nodes, --node-gpu-ids)
 MAX_DRAIN_REASON = 256           # characters of drain's reason
+MAX_INPUT_DATA = 64 * 1024       # bytes of a job's input in one input frame (latin-1 characters)
+MAX_WINDOW = 65535               # rows or columns of a terminal window
+STDIN_MODES = ("pipe", "pty")    # a job's stdin besides /dev/null: the client's input, or a terminal
+MAX_IDS_NAMED = 1000             # job ids in one queue -j or history -j
+MAX_HISTORY_LIMIT = 10_000       # finished jobs in one history reply
+DEFAULT_HISTORY_LIMIT = 1000
+MAX_TIME = 1 << 40               # epoch seconds (far beyond any real date)
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -199,13 +218,19 @@ REQUESTS = {
         "output": (_OPT_STR, False), "error": (_OPT_STR, False), "env_setup": (_OPT_STR, False),
         "requeue": ((bool,), False), "warn_signal": (_OPT_INT, False),
         "warn_seconds": (_OPT_INT, False), "umask": (_OPT_INT, False),
-        "interactive": ((bool,), False), "nodelist": ((list, type(None)), False),
+        "interactive": ((bool,), False), "stdin": (_OPT_STR, False), "nodelist": ((list, type(None)), False),
         "exclude": ((list, type(None)), False), "nnodes": (_INT, False),
         "node_gpu_ids": ((list, type(None)), False), "distributed": ((bool,), False), "mpi": ((bool,), False),
+        "dependency": ((list, type(None)), False),
     },
-    "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False)},
+    "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False),
+              "ids": ((list, type(None)), False), "mine": ((bool,), False)},
+    "history": {"user": (_OPT_STR, False), "mine": ((bool,), False), "state": (_OPT_STR, False),
+                "ids": ((list, type(None)), False), "since": (_OPT_INT, False), "limit": (_OPT_INT, False)},
+    "show": {"job_id": (_INT, True)},
     "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
-    "attach": {"job_id": (_INT, True), "label": ((bool,), False)},
+    "attach": {"job_id": (_INT, True), "label": ((bool,), False), "input": ((bool,), False),
+               "follow": ((bool,), False), "stream": (_OPT_STR, False)},
     "drain": {"node": (_STR, True), "reason": (_OPT_STR, False)},
     "resume": {"node": (_STR, True)},
     "ping": {},
@@ -221,6 +246,8 @@ INT_RANGES = {
     "umask": (0, MAX_UMASK),
     "job_id": (1, MAX_JOB_ID),
     "nnodes": (1, MAX_JOB_HOSTS),
+    "since": (0, MAX_TIME),
+    "limit": (1, MAX_HISTORY_LIMIT),
 }
 
 # String fields: name -> (most, unit): characters ("chars") or UTF-8 bytes ("bytes").
@@ -234,7 +261,10 @@ STR_LIMITS = {
     "state": (MAX_FILTER, "chars"),
     "node": (MAX_NODE_NAME, "chars"),
     "reason": (MAX_DRAIN_REASON, "chars"),
+    "stream": (16, "chars"),
 }
+
+ATTACH_STREAMS = ("stdout", "stderr")  # attach's `stream`: only that output file (mgpu logs --err)
 
 
 def _is_int(value):
@@ -287,6 +317,10 @@ def check_request(message):
         _check_cancel(fields)
     elif type_ == "drain":
         _check_drain(fields)
+    elif type_ == "attach" and fields.get("stream") not in (None,) + ATTACH_STREAMS:
+        _invalid(type_, "stream must be one of %s" % ", ".join(ATTACH_STREAMS))
+    if type_ in ("queue", "history") and fields.get("ids") is not None:
+        _check_ids_named(type_, fields["ids"])
     return type_, fields
 
 
@@ -317,6 +351,15 @@ def _check_cancel(fields):
         _bad("cancel", "ids must be job numbers")
     if not all(1 <= i <= MAX_JOB_ID for i in ids):
         _invalid("cancel", "job ids go from 1 to %d" % MAX_JOB_ID)
+
+
+def _check_ids_named(type_, ids):
+    if len(ids) > MAX_IDS_NAMED:
+        _invalid(type_, "at most %d job ids at once" % MAX_IDS_NAMED)
+    if not all(_is_int(i) for i in ids):
+        _bad(type_, "ids must be job numbers")
+    if not all(1 <= i <= MAX_JOB_ID for i in ids):
+        _invalid(type_, "job ids go from 1 to %d" % MAX_JOB_ID)
 
 
 def _check_drain(fields):
@@ -359,6 +402,9 @@ def _check_submit(fields):
         if not all(i <= MAX_GPU_INDEX for i in ids):
             _invalid("submit", "gpu_ids go from 0 to %d" % MAX_GPU_INDEX)
         # Distinct ids: the controller checks (and says so) along with the rest of the request.
+    stdin = fields.get("stdin")
+    if stdin is not None and stdin not in STDIN_MODES:
+        _invalid("submit", "stdin must be one of %s, not %s" % (", ".join(STDIN_MODES), _show(stdin)))
     signum = fields.get("warn_signal")
     if signum is not None and not is_signal(signum):
         _invalid("submit", "warn_signal %s is not a signal" % _show(signum))
@@ -374,6 +420,18 @@ def _check_submit(fields):
                 _invalid("submit", "node_gpu_ids: %s is not a node name" % _show(host))
             if not ids or len(ids) > MAX_GPUS or not all(_is_int(i) and 0 <= i <= MAX_GPU_INDEX for i in ids):
                 _invalid("submit", "node_gpu_ids: GPU ids on %s go from 0 to %d, at least one" % (host, MAX_GPU_INDEX))
+    dependency = fields.get("dependency")
+    if dependency is not None:
+        if len(dependency) > MAX_DEPENDENCIES:
+            _invalid("submit", "dependency names %d jobs: at most %d" % (len(dependency), MAX_DEPENDENCIES))
+        for pair in dependency:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and _is_int(pair[1])):
+                _bad("submit", "dependency must be [type, job id] pairs")
+            if pair[0] not in DEPENDENCY_TYPES:
+                _invalid("submit", "dependency type %s is not supported (types: %s)"
+                         % (_show(pair[0]), ", ".join(DEPENDENCY_TYPES)))
+            if not 1 <= pair[1] <= MAX_JOB_ID:
+                _invalid("submit", "dependency: job ids go from 1 to %d" % MAX_JOB_ID)
     for name in ("nodelist", "exclude"):
         names = fields.get(name)
         if names is None:
@@ -387,11 +445,88 @@ def _check_submit(fields):
 
 
 # ---------------------------------------------------------------------------------------------
+# A job's input: after an attach that asked for input (`input: true`) was granted, the client
+# may send `input` frames on the same connection while the stream's frames come back. Each
+# carries some of: data (bytes of the client's stdin as latin-1 text), rows + cols (its
+# terminal's window size, for a job with a pty), eof (the client's stdin has ended; nothing
+# follows). The daemon reads them at the job's pace: a client that sends faster than the job
+# reads waits (its socket fills), nothing piles up in between.
+
+INPUT_FIELDS = {"data": (_STR, False), "eof": ((bool,), False), "rows": (_INT, False), "cols": (_INT, False)}
+
+
+def input_frame(data=None, eof=False, rows=None, cols=None):
+    """An input frame (bytes `data`, `eof`, the window size): what the client sends."""
+    fields = {}
+    if data:
+        fields["data"] = data.decode("latin-1")
+    if rows is not None and cols is not None:
+        fields["rows"], fields["cols"] = rows, cols
+    if eof:
+        fields["eof"] = True
+    return request("input", **fields)
+
+
+def check_input(message):
+    """{data: bytes or None, eof: bool, rows, cols (None when not sent)} of a well-formed input
+    frame; MgpuError otherwise (one line; the daemon then stops reading input from that client)."""
+    if not isinstance(message, dict):
+        raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
+    version = message.get("v")
+    if not _is_int(version) or version != VERSION:
+        raise MgpuError(errors.VERSION_MISMATCH, "protocol version mismatch: the daemon speaks %d, the client %s "
+                        "(use the same mgpu version on both sides)" % (VERSION, _show(version)))
+    if message.get("type") != "input":
+        _bad("input", "expected an input frame after the attach, not %s" % _show(message.get("type")))
+    fields = {}
+    for name, (types, _) in INPUT_FIELDS.items():
+        if name in message:
+            value = message[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                _bad("input", "field %r has the wrong type" % name)
+            fields[name] = value
+    data = fields.get("data")
+    if data is not None:
+        data = _latin1(data, "input")
+    rows, cols = fields.get("rows"), fields.get("cols")
+    _check_window("input", rows, cols)
+    if fields.get("eof") is False:
+        _bad("input", "eof is true or absent")
+    return {"data": data or None, "eof": bool(fields.get("eof")), "rows": rows, "cols": cols}
+
+
+def _latin1(text, type_):
+    """The bytes a latin-1 string carries; MgpuError when it is too long or holds a character
+    above U+00FF."""
+    if len(text) > MAX_INPUT_DATA:
+        _invalid(type_, "data is too long: at most %d bytes per frame" % MAX_INPUT_DATA)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        _bad(type_, "data must be bytes as latin-1 text (characters U+0000..U+00FF)")
+
+
+def _check_window(type_, rows, cols):
+    if (rows is None) != (cols is None):
+        _bad(type_, "rows and cols come together")
+    for name, value in (("rows", rows), ("cols", cols)):
+        if value is not None and not 1 <= value <= MAX_WINDOW:
+            _invalid(type_, "%s must be from 1 to %d" % (name, MAX_WINDOW))
+
+
+# ---------------------------------------------------------------------------------------------
 # The node link: messages between the master and a node agent, over TLS (auth.py), after the
 # node proved it holds the cluster key. Each message type is declared once here with its
 # fields and their limits; `check_node_message` refuses anything else. Node names come from
 # registration, never from a later message; job reports carry the attempt they are about, so a
 # late or repeated report about an older attempt is recognised and ignored by the controller.
+# `job_input` carries a client's input (srun -i / --pty) for one attempt of a job on that node:
+# data, window size, eof (the client's stdin ended) or hangup (the client went away); the channel
+# closes after either; input for an attempt the node does not
+# run, or whose channel has closed, is dropped. The node answers `job_input_done` with the bytes
+# it has handed to the job so far (the master keeps at most INPUT_WINDOW bytes unanswered, so a
+# job that reads slowly slows its client down instead of growing either daemon's memory) and
+# `closed` once the channel is gone (the job ended, or it closed its input).
 # `relay` carries a local client's request with the identity the node read from SO_PEERCRED;
 # the master checks the request like any other and trusts that identity only on this link.
 # `output_read` asks a node for a piece of a job's output file (read there as the job's user,
@@ -411,6 +546,7 @@ MAX_REASON = 1000
 MAX_ATTEMPTS_REPORTED = 100_000
 MAX_OUTPUT_READ = 256 * 1024  # bytes of a job's output in one output_read / output_data
 MAX_RELAY_STREAMS = 256       # relayed attach streams open at once on one node link
+INPUT_WINDOW = 256 * 1024     # bytes of job_input the master sends ahead of the node's job_input_done
 PHASES = ("intent", "launched", "started", "exited")
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -421,7 +557,7 @@ def valid_node_name(name):
             and set(name) <= _NAME_CHARS)
 
 
-# Field kinds: ("int", low, high), ("str", most characters), ("bool",), ("list", most, kind),
+# Field kinds: ("int", low, high), ("str", most characters), ("latin1", most bytes), ("bool",), ("list", most, kind),
 # ("obj", {field: (kind, required)}), ("map", most, value kind) with string keys, ("any_job",)
 # for a launch's job record (checked by the node as a Job). A trailing "?" on a kind's name
 # accepts null.
@@ -466,11 +602,17 @@ NODE_MESSAGES = {
     "signal": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "signum": (("int", 1, MAX_SIGNAL), True)},
     "release": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
     "kill": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True)},
+    "job_input": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True),
+                  "data": (("latin1", MAX_INPUT_DATA), False), "eof": (("bool",), False),
+                  "rows": (("int", 1, MAX_WINDOW), False), "cols": (("int", 1, MAX_WINDOW), False),
+                  "hangup": (("bool",), False)},
+    "job_input_done": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "written": (("int", 0, 1 << 62), True),
+                       "closed": (("bool",), False)},
 }
 NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost",
-                            "job_port", "relay", "relay_cancel", "output_data"))
+                            "job_port", "relay", "relay_cancel", "output_data", "job_input_done"))
 MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill", "relay_reply", "relay_frame",
-                            "output_read"))
+                            "output_read", "job_input"))
 OUTPUT_STATES = ("ok", "missing", "refused")  # output_data: read, no such file yet, not readable
 
 
@@ -500,6 +642,8 @@ def check_node_message(message, allowed):
             _bad(type_, "unknown attempt phase")
         if fields.get("submit_only") and fields["gpus"]:
             _bad(type_, "a submit-only node registers no GPUs")
+    elif type_ == "job_input":
+        _check_window(type_, fields.get("rows"), fields.get("cols"))
     return type_, fields
 
 
@@ -529,6 +673,10 @@ def _check_kind(type_, name, kind, value):
     elif tag == "str":
         if not isinstance(value, str) or len(value) > kind[1] or not _plain(value):
             _bad(type_, "%s must be text of at most %d characters without NUL" % (name, kind[1]))
+    elif tag == "latin1":  # bytes (NUL included) as latin-1 text: the bytes
+        if not isinstance(value, str):
+            _bad(type_, "%s must be bytes as latin-1 text" % name)
+        value = _latin1(value, type_)
     elif tag == "list":
         if not isinstance(value, list) or len(value) > kind[1]:
             _bad(type_, "%s must be a list of at most %d items" % (name, kind[1]))

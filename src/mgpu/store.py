@@ -22,8 +22,10 @@ there as `node:NAME` -> {gpus, address, submit_only}: after a restart the master
 import json
 import os
 import sqlite3
+import time
+from urllib.parse import quote
 
-from .model import Job, JobState
+from .model import DEPENDENCY_TYPES, MAX_DEPENDENCIES, Job, JobState
 
 SCHEMA_VERSION = 1
 DRAINED_PREFIX = "drained:"   # meta keys of drained nodes: drained:NAME -> reason
@@ -98,6 +100,11 @@ def _load_job(record):
         value = fields.get(name)
         if value is not None and not (isinstance(value, list) and all(isinstance(n, str) for n in value)):
             raise ValueError("%s is not a list of node names" % name)
+    dependency = fields.get("dependency")
+    if dependency is not None and not (isinstance(dependency, list) and len(dependency) <= MAX_DEPENDENCIES and all(
+            isinstance(e, list) and len(e) == 3 and e[0] in DEPENDENCY_TYPES and isinstance(e[1], int)
+            and not isinstance(e[1], bool) and e[1] >= 1 and isinstance(e[2], bool) for e in dependency)):
+        raise ValueError("dependency is not a list of [type, job id, met]")
     job = Job.from_dict(fields)
     if not isinstance(job.id, int) or job.state not in JobState.ALL:
         raise ValueError("no valid id or state")
@@ -266,5 +273,82 @@ class Store:
 
     def close(self):
         self.db.close()
+
+
+class QueryTooSlow(StoreError):
+    pass
+
+
+class HistoryReader:
+    """A read-only connection to the state database for `mgpu history` and `mgpu show` of jobs
+    no longer kept in memory. It lives on one reader thread of the master (never the loop's):
+    WAL lets it read a committed snapshot while the loop writes. A query that runs longer than
+    `deadline` seconds is interrupted (QueryTooSlow), so a huge database cannot hold a snapshot
+    open (which would keep the WAL from being checkpointed) or keep a client waiting for long.
+
+    Jobs are scanned newest first by id (the table's own order, no sort) and the scan stops once
+    `limit` + 1 matches are found; the filters look into each job's JSON record."""
+
+    def __init__(self, path, deadline=10.0):
+        self.path = path
+        self.deadline = deadline
+        try:
+            self.db = sqlite3.connect("file:%s?mode=ro" % _uri_path(path), uri=True, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA query_only=1")
+        except sqlite3.DatabaseError as e:
+            raise StoreError("cannot open the state database %s: %s" % (path, e)) from None
+
+    def finished_jobs(self, user=None, states=None, ids=None, since=None, limit=1000, clock=None):
+        """(the newest `limit` finished jobs that match, in id order; whether more match).
+        `user`: that user's only; `states`: final states among these; `ids`: these job ids;
+        `since`: jobs that ended at or after this time (epoch seconds). A record that cannot be
+        loaded is skipped (the master sets it aside at its next start)."""
+        wanted = sorted(JobState.FINAL if states is None else set(states) & JobState.FINAL)
+        if not wanted or (ids is not None and not ids):
+            return [], False
+        sql = ["SELECT id, state, record FROM jobs NOT INDEXED WHERE state IN (%s)" % ",".join("?" * len(wanted))]
+        args = list(wanted)
+        if ids is not None:
+            sql.append("AND id IN (SELECT value FROM json_each(?))")
+            args.append(_encode(sorted(set(ids))))
+        if user is not None:
+            sql.append("AND json_extract(record, '$.user') = ?")
+            args.append(user)
+        if since is not None:
+            sql.append("AND json_extract(record, '$.end_time') >= ?")
+            args.append(since)
+        sql.append("ORDER BY id DESC LIMIT ?")
+        args.append(limit + 1)
+        clock = clock or time.monotonic
+        give_up = clock() + self.deadline
+        self.db.set_progress_handler(lambda: 1 if clock() > give_up else 0, 10000)
+        try:
+            rows = self.db.execute(" ".join(sql), args).fetchall()
+        except sqlite3.OperationalError as e:
+            if "interrupt" in str(e):
+                raise QueryTooSlow("the query ran longer than %g s" % self.deadline) from None
+            raise StoreError("cannot read the state database %s: %s" % (self.path, e)) from None
+        except sqlite3.DatabaseError as e:
+            raise StoreError("cannot read the state database %s: %s" % (self.path, e)) from None
+        finally:
+            self.db.set_progress_handler(None, 0)
+        more = len(rows) > limit
+        jobs = []
+        for job_id, state, record in reversed(rows[:limit]):
+            try:
+                job = _load_job(record)
+            except Exception:
+                continue
+            if job.id == job_id and job.state == state:
+                jobs.append(job)
+        return jobs, more
+
+    def close(self):
+        self.db.close()
+
+
+def _uri_path(path):
+    return quote(os.path.abspath(path))
 
 

@@ -128,6 +128,17 @@ class Connection:
                 return None
             buffer += chunk
 
+    def readable(self, timeout):
+        """True when a frame (or a piece of one, or the end of the stream) can be read now or
+        arrives within `timeout` seconds."""
+        if b"\n" in self._buffer:
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        except (OSError, ValueError):
+            return True  # closed: the read says so
+        return bool(readable)
+
     def peer_closed(self):
         """True when the peer has closed its end (checked without blocking or consuming)."""
         try:
@@ -148,6 +159,21 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+def send_patiently(sock, data, stopped, slice_=0.5):
+    """Send all of `data` on a socket other threads also use, waiting for room without a
+    deadline (a job's input goes at the pace the job reads it) until `stopped()` is true.
+    OSError when the peer has gone, or when stopped."""
+    sock.settimeout(0.0)  # non-blocking: the descriptor's other user keeps its own timeouts
+    view = memoryview(data)
+    while view:
+        if stopped():
+            raise ConnectionAbortedError("stopped")
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            select.select([], [sock], [], slice_)
 
 
 def connect_unix(path, timeout=CONNECT_TIMEOUT):

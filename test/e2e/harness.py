@@ -303,6 +303,38 @@ def request(socket_path, message, timeout=10.0, quiet=False, raw=None):
         raise
 
 
+# Sent by a small client running as a test user: the master must see that user's uid.
+_SENDER = r"""
+import json, socket, sys
+frames = json.loads(sys.stdin.read())
+replies = []
+for frame in frames:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(sys.argv[1])
+    sock.sendall(frame.encode("utf-8", "surrogatepass"))
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    replies.append(json.loads(data) if data else None)
+print(json.dumps(replies))
+"""
+
+
+def send_as(cluster, user, frames):
+    """Raw frames (strings, one request each, newline included) sent as `user` past the
+    client's own checks, one connection each; the decoded replies."""
+    process = popen_as(user, [USER_PYTHON, "-c", _SENDER, cluster.master.socket], env={"PATH": "/usr/bin:/bin"},
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = process.communicate(json.dumps(frames).encode(), timeout=60)
+    assert process.returncode == 0, err
+    return json.loads(out)
+
+
 class Cluster:
     """What a test drives: a master, the installation and the users."""
 

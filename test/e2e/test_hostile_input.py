@@ -4,11 +4,10 @@ serving every user, also after a restart."""
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from harness import popen_as
+from harness import send_as
 
 ALICE, BOB = "mgpu-alice", "mgpu-bob"
 HUGE = "9" * 400
@@ -34,36 +33,6 @@ def test_out_of_range_options_are_refused_with_one_line(cluster, args, message):
 SUBMIT = {"v": 1, "type": "submit", "command": ["true"], "cwd": "/tmp", "env": {"PATH": "/usr/bin:/bin"},
           "gpus": 0}
 
-# Sent by a small client running as alice: the master must see her uid.
-SENDER = r"""
-import json, socket, sys
-frames = json.loads(sys.stdin.read())
-replies = []
-for frame in frames:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(20)
-    sock.connect(sys.argv[1])
-    sock.sendall(frame.encode("utf-8", "surrogatepass"))
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
-    replies.append(json.loads(data) if data else None)
-print(json.dumps(replies))
-"""
-
-
-def _send_as(cluster, user, frames):
-    process = popen_as(user, ["/usr/bin/python3", "-c", SENDER, cluster.master.socket], env={"PATH": "/usr/bin:/bin"},
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = process.communicate(json.dumps(frames).encode(), timeout=60)
-    assert process.returncode == 0, err
-    return json.loads(out)
-
-
 def _frame(**fields):
     return json.dumps(dict(SUBMIT, **fields)) + "\n"
 
@@ -82,7 +51,7 @@ def test_raw_frames_that_used_to_break_the_master_are_refused(cluster):
         json.dumps({"v": 1, "type": ["submit"]}) + "\n",
         json.dumps({"v": 1, "type": {"a": 1}}) + "\n",
     ]
-    replies = _send_as(cluster, ALICE, frames)
+    replies = send_as(cluster, ALICE, frames)
     for frame, reply in zip(frames, replies):
         assert reply is not None and reply["ok"] is False, (frame[:120], reply)
         assert reply["error"] in ("bad_request", "invalid_argument"), (frame[:120], reply)

@@ -1,12 +1,13 @@
 """A job as its user sees it: identity, environment, output files, exit codes, streaming."""
 
+import json
 import os
 import pwd
 import signal
 import subprocess
 import time
 
-from harness import TEST_GROUP, read_line, wait_for, user_ids
+from harness import TEST_GROUP, read_line, send_as, wait_for, user_ids
 
 ALICE, BOB = "mgpu-alice", "mgpu-bob"
 
@@ -58,7 +59,9 @@ def test_background_submit_writes_output_as_user(cluster):
                          "sh", "-c", "echo out; echo err >&2; echo END=$MGPU_JOB_END_TIME")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Submitted job ")
-    job_id = int(result.stdout.split()[-1])
+    job_id = int(result.stdout.split()[2])
+    home = pwd.getpwnam(ALICE).pw_dir
+    assert result.stdout == "Submitted job %d (output: %s/.mgpu/logs/%d.out)\n" % (job_id, home, job_id)
     job = cluster.wait_state(job_id, "COMPLETED")
     path = os.path.join(pwd.getpwnam(ALICE).pw_dir, ".mgpu", "logs", "%d.out" % job_id)
     info = os.stat(path)
@@ -78,11 +81,18 @@ def test_output_path_with_job_id_and_chdir(cluster):
 
 
 def test_output_file_is_opened_after_dropping_privileges(cluster):
-    # /root is not writable by alice: the job must fail to open it rather than root creating it.
+    # /root is not writable by alice: srun refuses at once, and a request sent past srun's
+    # check makes the job fail to open it rather than root creating it.
     result = cluster.run(ALICE, "srun", "-i", "--gpus", "0", "--output", "/root/owned-by-root-%j.log",
                          "--", "true")
-    assert result.returncode != 0
-    assert "cannot open output /root/owned-by-root-" in result.stderr
+    assert (result.returncode, result.stderr) == (1, "mgpu: --output /root/owned-by-root-%j.log: permission "
+                                                     "denied (you cannot write in /root)\n")
+    assert cluster.queue(ALICE)["jobs"] == []
+    frame = {"v": 1, "type": "submit", "command": ["true"], "cwd": "/tmp", "env": {"PATH": "/usr/bin:/bin"},
+             "gpus": 0, "output": "/root/owned-by-root-%j.log"}
+    reply, = send_as(cluster, ALICE, [json.dumps(frame) + "\n"])
+    job = cluster.wait_state(reply["result"]["job_id"], "FAILED")
+    assert "cannot open output /root/owned-by-root-" in job["reason"]
     assert not any(name.startswith("owned-by-root-") for name in os.listdir("/root"))
 
 
@@ -92,9 +102,10 @@ def test_exit_codes_and_signals_as_slurm_reports_them(cluster):
     killed = cluster.run(ALICE, "srun", "-i", "-q", "--gpus", "0", "--", "sh", "-c", "kill -9 $$")
     assert killed.returncode == 128 + 9
     assert "killed by signal 9" in killed.stderr
-    missing = cluster.run(ALICE, "srun", "-i", "-q", "--gpus", "0", "--", "no-such-program-xyz")
+    missing = cluster.run(ALICE, "srun", "-i", "-q", "--gpus", "0", "--env-setup-cmd", "true", "--",
+                          "no-such-program-xyz")  # past the client's check: the setup might provide it
     assert missing.returncode == 127
-    assert "cannot run no-such-program-xyz" in missing.stderr
+    assert "no-such-program-xyz: not found" in missing.stderr
     jobs = {j["command"][-1]: j for j in cluster.queue(ALICE)["jobs"]}
     assert jobs["exit 3"]["state"] == "FAILED" and jobs["exit 3"]["exit_code"] == 3
     assert jobs["kill -9 $$"]["state"] == "FAILED" and jobs["kill -9 $$"]["exit_code"] == 137

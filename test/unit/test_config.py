@@ -116,7 +116,7 @@ def test_every_option_can_come_from_the_file(tmp_path):
         "max_user_priority: 5", "kill_grace: 2.5", "policy: spread", "operators: [alice, bob]",
         "allow_root_jobs: true", "node_name: gpu7", "keep_finished: 50", "max_connections: 64",
         "max_connections_per_user: 8", "listen: 10.1.2.3:9000", "key_file: /k/cluster.key",
-        "master: 'gpu1'", "heartbeat_interval: 2", "node_timeout: 7.5", "submit_only: true", ""])))
+        "master: 'gpu1'", "heartbeat_interval: 2", "node_timeout: 7.5", "submit_only: true", "max_requeues: 2", ""])))
     assert c.as_dict() == {
         "socket": "/s.sock", "state_dir": "/state",
         "fake_gpus": [{"index": i, "name": "Fake GPU", "uuid": "GPU-fake-%04d" % i, "memory_mb": 1000,
@@ -125,7 +125,7 @@ def test_every_option_can_come_from_the_file(tmp_path):
         "operators": ("alice", "bob"), "allow_root_jobs": True, "node_name": "gpu7", "keep_finished": 50,
         "max_connections": 64, "max_connections_per_user": 8, "listen": "10.1.2.3:9000",
         "key_file": "/k/cluster.key", "master": "gpu1:8080", "heartbeat_interval": 2.0, "node_timeout": 7.5,
-            "submit_only": True}
+            "submit_only": True, "max_requeues": 2}
     assert set(c.as_dict()) == set(config.OPTIONS)
 
 

@@ -9,7 +9,7 @@ from unittest.mock import ANY
 import pytest
 
 from mgpu import errors, protocol
-from mgpu.controller import Controller, Launch, Log, Release, Reply, Save, Settings, SignalJob
+from mgpu.controller import Controller, Launch, Log, ReadHistory, Release, Reply, Save, Settings, SignalJob
 from mgpu.model import Job, JobState
 
 T0 = 1000.0
@@ -589,6 +589,59 @@ def test_a_warning_signal_without_seconds_uses_the_default_lead_time():
     assert c.advance(due)[0] == SignalJob("n1", job_id, 1, SIGUSR1)
 
 
+def test_the_default_warning_lead_is_cut_to_half_a_short_time_limit():
+    c = make()
+    job_id = running_job(c, time_limit=6, warn_signal=SIGUSR1)
+    assert c.jobs[job_id].warn_seconds == 3
+    assert c.next_deadline(T0) == T0 + 3
+    job_id = submitted(c, time_limit=119, warn_signal=SIGUSR1)
+    assert c.jobs[job_id].warn_seconds == 59
+    job_id = submitted(c, time_limit=120, warn_signal=SIGUSR1)
+    assert c.jobs[job_id].warn_seconds == 60
+
+
+@pytest.mark.parametrize("limit, lead, fragment", [
+    (6, 60, "--signal @60 warns 60 s before the time limit, but the limit is 6 s: give a lead shorter "
+            "than the limit (e.g. @3)"),
+    (60, 60, "but the limit is 60 s"),
+    (1, None, "--signal: a time limit of 1 s leaves no time to warn the job before it"),
+])
+def test_a_warning_lead_not_shorter_than_the_time_limit_is_refused(limit, lead, fragment):
+    c = make()
+    fields = {"time_limit": limit, "warn_signal": SIGUSR1}
+    if lead is not None:
+        fields["warn_seconds"] = lead
+    assert fragment in refused(submit(c, **fields), errors.INVALID_ARGUMENT)
+    assert not c.jobs
+
+
+def test_requeue_at_the_time_limit_stops_after_max_requeues_then_timeout():
+    c = make(gpus=1, max_requeues=2)
+    job_id = running_job(c, time_limit=100, requeue=True)
+    now = T0
+    for restart in (1, 2):
+        c.advance(now + 100)
+        exited(c, job_id, now + 101, exit_code=143, signum=SIGTERM)
+        job = c.jobs[job_id]
+        assert (job.state, job.restarts, job.reason) == (PENDING, restart, "requeued: reached its time limit")
+        now += 101
+        c.schedule(now)
+        assert c.jobs[job_id].state == RUNNING
+    c.advance(now + 100)
+    actions = exited(c, job_id, now + 101, exit_code=143, signum=SIGTERM)
+    reason = "reached its time limit of 1:40; not requeued again after 2 restarts (max_requeues)"
+    assert actions[0] == Saved(job_id, TIMEOUT, (RUNNING, TIMEOUT, reason, "timeout"))
+    assert c.jobs[job_id].restarts == 2
+
+
+def test_max_requeues_zero_never_requeues_at_the_time_limit():
+    c = make(gpus=1, max_requeues=0)
+    job_id = running_job(c, time_limit=100, requeue=True)
+    c.advance(T0 + 100)
+    exited(c, job_id, T0 + 101, exit_code=143, signum=SIGTERM)
+    assert c.jobs[job_id].state == TIMEOUT
+
+
 # -- cancel -----------------------------------------------------------------------------------
 
 
@@ -920,6 +973,8 @@ def _minimal_fields(spec):
 def test_every_request_type_of_the_protocol_gets_one_reply(type_):
     c = make()
     actions = request(c, type_, _minimal_fields(protocol.REQUESTS[type_]), peer=ALICE)
+    if len(actions) == 1 and isinstance(actions[0], ReadHistory):  # answered once the store was read
+        actions = c.handle({"kind": "history_read", "read": actions[0], "jobs": [], "more": False}, T0)
     replies = [a for a in actions if isinstance(a, Reply)]
     assert len(replies) == 1 and replies[0].token == "tok", actions
     assert isinstance(replies[0].message.get("ok"), bool)

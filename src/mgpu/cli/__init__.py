@@ -16,7 +16,12 @@ ROLES = {
     "master": ("mgpu.cli.master", "run the scheduler daemon (queue, state, this host's GPUs)"),
     "node": ("mgpu.cli.node", "run a node agent: join this host's GPUs to a master (mgpu node --master HOST:PORT)"),
     "srun": ("mgpu.cli.srun", "submit a job; -i to wait for it and stream its output"),
+    "sbatch": ("mgpu.cli.sbatch", "submit a batch script; its #SBATCH lines hold the options"),
     "queue": ("mgpu.cli.queue", "show jobs and GPUs"),
+    "logs": ("mgpu.cli.logs", "print a job's output; -f to follow it until the job ends"),
+    "attach": ("mgpu.cli.attach", "follow a job's output live again (after srun -i was detached)"),
+    "history": ("mgpu.cli.history", "show finished jobs from the database (exit codes, times)"),
+    "show": ("mgpu.cli.show", "show every field of one job"),
     "cancel": ("mgpu.cli.cancel", "cancel jobs"),
     "drain": ("mgpu.cli.drain", "drain a node: its jobs finish, no new ones start (root, operators)"),
     "resume": ("mgpu.cli.resume", "resume a drained node (root, operators)"),
@@ -34,7 +39,11 @@ examples:
   sudo mgpu master                          start the scheduler on this GPU box
   mgpu srun --gpus 2 -- python train.py      queue a job on 2 GPUs (prints its id)
   mgpu srun -i --gpus 1 -- nvidia-smi -L     run it, wait, and stream its output
+  mgpu sbatch train.sh                       submit a batch script (#SBATCH --gpus=2 ...)
   mgpu queue                                 jobs and GPUs
+  mgpu logs -f 42                            job 42's output, followed until it ends
+  mgpu history --since 2h                    jobs that ended in the last two hours
+  mgpu show 42                               every field of job 42
   mgpu cancel 42                             cancel job 42
   sudo mgpu keygen                           write /etc/mgpu/cluster.key for a cluster of hosts
 
@@ -82,7 +91,7 @@ def run_role(role_main, argv, debug):
         return role_main(argv) or 0
     except MgpuError as e:
         if debug:
-            raise
+            return _traceback()
         from mgpu.cli.render import text  # a message may quote what someone else chose
 
         sys.stderr.write("mgpu: %s\n" % text(e.message))
@@ -98,7 +107,19 @@ def run_role(role_main, argv, debug):
         return 0
     except Exception as e:  # a bug: one line unless --debug
         if debug:
-            raise
+            return _traceback()
         sys.stderr.write("mgpu: internal error: %s: %s (run with --debug for details)\n"
                          % (type(e).__name__, e))
         return EXIT_ERROR
+
+
+def _traceback():
+    """--debug: the traceback, printed here and not raised on, so that the binary's bootloader
+    adds no line of its own about an unhandled exception."""
+    import traceback
+
+    from mgpu.errors import EXIT_ERROR
+
+    traceback.print_exc()
+    sys.stderr.flush()
+    return EXIT_ERROR

@@ -2,13 +2,17 @@
 
 import argparse
 
-from mgpu.cli.common import Parser
+from mgpu.cli.common import Parser, parse_job_ids
 from mgpu.client import call
+
+MAX_IDS = 1000  # protocol.MAX_IDS_NAMED
 
 EXAMPLES = """examples:
   mgpu queue                    pending and running jobs, then the GPUs
   mgpu queue --all              also finished jobs, with exit codes
   mgpu queue --user alice --state PENDING
+  mgpu queue --me               only your jobs
+  mgpu queue -j 42,43           these jobs, also when they have finished
   mgpu queue --json | jq '.jobs[] | select(.state == "RUNNING") | .id'
 """
 
@@ -20,15 +24,28 @@ def build_parser():
     p.add_argument("--all", "-a", action="store_true", help="include finished jobs and their exit codes")
     p.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
     p.add_argument("--state", "-t", metavar="STATE[,STATE]", help="only jobs in these states (e.g. PENDING,RUNNING)")
+    p.add_argument("--me", action="store_true", help="only your own jobs")
+    p.add_argument("--jobs", "-j", metavar="ID[,ID]", help="only these jobs (finished ones too, while the "
+                   "master keeps them in memory; 'mgpu history' has all)")
     p.add_argument("--json", action="store_true", help='print {"jobs": [...], "nodes": [...]} as JSON')
     return p
 
 
 def main(argv):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     fields = {"all": args.all}
+    if args.user and args.me:
+        parser.error("give either --me or --user, not both")
     if args.user:
         fields["user"] = args.user
+    if args.me:
+        fields["mine"] = True
+    if args.jobs is not None:
+        try:
+            fields["ids"] = parse_job_ids(args.jobs, MAX_IDS)
+        except ValueError as e:
+            parser.error(str(e))
     if args.state:
         fields["state"] = args.state
     result = call("queue", **fields)

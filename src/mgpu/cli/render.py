@@ -7,6 +7,9 @@ escapes (`\\x1b`, `\\n`, `\\u0085`). JSON output stays exact: json.dumps escapes
 """
 
 import json
+import os
+import shlex
+import signal
 import time
 
 from mgpu.model import format_duration
@@ -80,14 +83,15 @@ def where_or_why(job):
 
 
 def jobs_table(jobs, now, show_exit):
-    headers = ["JOBID", "USER", "STATE", "PRI", "GPUS", "TIME", "LIMIT"]
+    headers = ["JOBID", "USER", "STATE", "PRI", "GPUS", "START", "TIME", "LIMIT", "RESTARTS"]
     if show_exit:
         headers.append("EXIT")
     headers += ["NAME", "NODE:GPUS (REASON)"]
     rows = []
     for job in jobs:
         row = [str(job["id"]), text(job["user"]), text(job["state"]), str(job["priority"]), gpus_cell(job),
-               elapsed(job, now), format_duration(job["time_limit"])]
+               clock(job.get("start_time"), now), elapsed(job, now), format_duration(job["time_limit"]),
+               str(job.get("restarts") or 0)]
         if show_exit:
             row.append("" if job["exit_code"] is None else str(job["exit_code"]))
         name = text(job.get("name") or " ".join(map(str, job["command"])))
@@ -139,3 +143,115 @@ def as_json(result):
 
 def now_of(result):
     return result.get("time") or time.time()
+
+
+def clock(when, now):
+    """A compact local time for a table cell, without spaces: `HH:MM:SS` on the day of `now`,
+    `MM-DDTHH:MM` in the same year, `YYYY-MM-DD` before; `-` for none."""
+    if when is None:
+        return "-"
+    try:
+        moment, today = time.localtime(when), time.localtime(now)
+    except (OverflowError, OSError, ValueError):
+        return "-"
+    if moment[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", moment)
+    if moment.tm_year == today.tm_year:
+        return time.strftime("%m-%dT%H:%M", moment)
+    return time.strftime("%Y-%m-%d", moment)
+
+
+def timestamp(when):
+    """A full local time, `YYYY-MM-DDTHH:MM:SS` as scontrol prints it; `None` for none."""
+    if when is None:
+        return "None"
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(when))
+    except (OverflowError, OSError, ValueError):
+        return "None"
+
+
+def placement(job):
+    """Where a job ran: `node:gpu,gpu` per host, space-separated; `-` when it never started."""
+    parts = job.get("nodes") or []
+    if not parts:
+        return "-"
+    return " ".join("%s:%s" % (text(part["name"]), ",".join(map(str, part["gpu_ids"])) or "-") for part in parts)
+
+
+def _name_cell(job):
+    name = text(job.get("name") or " ".join(map(str, job["command"])))
+    return name if len(name) <= 40 else name[:37] + "..."
+
+
+def history_table(jobs, now):
+    """`mgpu history`: one row per finished job, oldest first."""
+    headers = ["JOBID", "USER", "NAME", "STATE", "EXIT", "SUBMIT", "START", "END", "ELAPSED", "GPUS",
+               "NODE:GPUS"]
+    rows = []
+    for job in jobs:
+        rows.append([str(job["id"]), text(job["user"]), _name_cell(job), text(job["state"]),
+                     "" if job["exit_code"] is None else str(job["exit_code"]), clock(job["submit_time"], now),
+                     clock(job["start_time"], now), clock(job["end_time"], now),
+                     elapsed(job, now) if job["start_time"] is not None else "-", gpus_cell(job), placement(job)])
+    return table(headers, rows)
+
+
+def _command_line(command):
+    return " ".join(shlex.quote(str(arg)) for arg in command)
+
+
+def _signal_spec(job):
+    signum = job.get("warn_signal")
+    if not signum:
+        return "None"
+    try:
+        name = signal.Signals(signum).name[3:]
+    except ValueError:
+        name = str(signum)
+    return "%s@%s" % (name, job.get("warn_seconds"))
+
+
+def job_detail(job, now):
+    """`mgpu show`: every field of one job, `Key=Value` as `scontrol show job` prints it, values
+    escaped; one field group per line."""
+    state = job["state"]
+    if job["start_time"] is None:
+        run_time = "0:00"
+    else:
+        run_time = elapsed(job, now)
+    gpu_ids = ",".join(map(str, job.get("gpu_ids") or ())) or "None"
+    memory = "%dM/GPU" % job["mem_mb"] if job.get("mem_mb") else "exclusive"
+    nodelist = ",".join(text(n) for n in job.get("nodelist") or ()) or "None"
+    exclude = ",".join(text(n) for n in job.get("exclude") or ()) or "None"
+    lines = [
+        "JobId=%d JobName=%s" % (job["id"], text(job.get("name") or os.path.basename(str(job["command"][0])))),
+        "UserId=%s(%s)" % (text(job["user"]), job.get("uid")),
+        "JobState=%s Reason=%s" % (text(state), text(job.get("reason") or "None")),
+        "ExitCode=%s RestartCnt=%d Attempt=%s Requeue=%d" % (
+            "None" if job.get("exit_code") is None else job["exit_code"], job.get("restarts") or 0,
+            job.get("attempt", 0), 1 if job.get("requeue") else 0),
+        "Priority=%s Position=%s Dependency=%s" % (
+            job["priority"], "None" if job.get("position") is None else job["position"],
+            text(job.get("dependency") or "None")),
+        "SubmitTime=%s StartTime=%s EndTime=%s" % (
+            timestamp(job["submit_time"]), timestamp(job["start_time"]), timestamp(job["end_time"])),
+        "RunTime=%s TimeLimit=%s Signal=%s" % (run_time, format_duration(job["time_limit"]), _signal_spec(job)),
+        "Gpus=%s GpuIds=%s Mem=%s" % (gpus_cell(job).split(" ")[0], gpu_ids, memory),
+        "Nodes=%d NodeList=%s" % (job.get("nnodes") or 1, "None" if placement(job) == "-" else placement(job)),
+        "ReqNodeList=%s ExcNodeList=%s" % (nodelist, exclude),
+        "WorkDir=%s" % text(job.get("cwd") or "None"),
+        "StdOut=%s" % text(job.get("output") or "None"),
+        "StdErr=%s" % text(job.get("error") or job.get("output") or "None"),
+        "Command=%s" % text(_command_line(job["command"])),
+    ]
+    if "env_setup" in job:
+        lines.append("EnvSetup=%s" % text(job["env_setup"] or "None"))
+    if job.get("distributed") or job.get("mpi"):
+        lines.append("Distributed=%d Mpi=%d" % (1 if job.get("distributed") else 0, 1 if job.get("mpi") else 0))
+    return "\n".join(lines[:1] + ["   " + line for line in lines[1:]])
+
+
+def json_of(value):
+    """Any result as indented JSON, every control and non-ASCII character a \\u escape."""
+    return json.dumps(value, indent=2, ensure_ascii=True)

@@ -8,8 +8,8 @@ from mgpu import bundle, errors
 from mgpu.cli.common import Parser
 from mgpu.client import Client
 from mgpu.errors import MgpuError
-from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_duration, parse_gpu_ids, parse_int,
-                        parse_signal_spec)
+from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_dependency, parse_duration, parse_gpu_ids,
+                        parse_int, parse_signal_spec)
 from mgpu.protocol import MAX_JOB_HOSTS, MAX_NODE_NAME, MAX_NODES_NAMED, valid_node_name
 
 STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
@@ -31,8 +31,13 @@ EXAMPLES = """examples:
   mgpu srun --nodes 2 --gpus-per-node 4 --mpi -- sh -c 'mpirun --hostfile $MGPU_HOSTFILE ./app'
   mgpu srun --mem 20000 -- python small.py               share a GPU: 20000 MB of it
   mgpu srun -i --gpus 1 -- nvidia-smi -L                 wait, stream output, exit with its code
+  mgpu srun -i -- python read_stdin.py < data.txt        your stdin is the job's stdin
+  mgpu srun -i --pty --gpus 1 -- bash                    a shell holding one GPU
   mgpu srun --env-setup-cmd 'source venv/bin/activate' --output run-%j.log -- python train.py
   mgpu srun --time-limit 1-00:00:00 --signal USR1@300 --requeue -- python train.py
+  mgpu srun --dependency afterok:41 -- python eval.py    starts once job 41 has COMPLETED
+  mgpu srun -d afterany:41:42 -- ./cleanup.sh            once jobs 41 and 42 have ended, in any state
+  mgpu srun -d afternotok:41,after:43 -- ./report.sh     once 41 has failed and 43 has started
 """
 
 
@@ -52,14 +57,20 @@ def build_parser():
     p.add_argument("--time-limit", "-t", metavar="TIME", help="seconds or [D-]HH:MM:SS; SIGTERM then SIGKILL when reached")
     p.add_argument("--signal", nargs="?", const="", metavar="[SIG][@SECONDS]",
                    help="send SIG this long before the time limit so the job can checkpoint (default USR1@60)")
+    p.add_argument("--dependency", "-d", metavar="LIST",
+                   help="start only once these hold (all of them): after:ID[:ID...] (started), afterany:ID "
+                        "(ended), afterok:ID (COMPLETED), afternotok:ID (failed, timed out or cancelled), "
+                        "joined with ','; one that can never hold cancels the job")
     p.add_argument("--requeue", action="store_true", help="on reaching the time limit, go back to the end of the queue")
-    p.add_argument("--priority", "-p", metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
+    p.add_argument("-p", "--partition", dest="partition", metavar="NAME", help=argparse.SUPPRESS)
+    p.add_argument("--priority", metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
     p.add_argument("--name", "-J", metavar="NAME", help="job name shown by 'mgpu queue'")
     p.add_argument("--chdir", "-D", metavar="DIR", help="working directory (default: the current one)")
     p.add_argument("--output", "-o", metavar="PATH", help="output file; %%j is the job id (default ~/.mgpu/logs/%%j.out)")
     p.add_argument("--error", "-e", metavar="PATH", help="separate file for stderr (default: with the output; with -i ~/.mgpu/logs/%%j.err)")
     p.add_argument("--env-setup-cmd", metavar="CMD", help="shell code run before COMMAND in the job's shell, e.g. 'source venv/bin/activate'")
-    p.add_argument("--interactive", "-i", action="store_true", help="wait for the job, stream its stdout and stderr, exit with its exit code (Ctrl+C detaches)")
+    p.add_argument("--interactive", "-i", action="store_true", help="wait for the job, stream its stdout and stderr, forward your stdin to its stdin (EOF too), exit with its exit code (Ctrl+C detaches; the job's stdin then ends)")
+    p.add_argument("--pty", action="store_true", help="run the job on a terminal of its own (implies -i): your terminal goes raw, keys such as Ctrl+C and Ctrl+Z and window size changes reach the job; stdout and stderr are one stream. Only on the master's host")
     p.add_argument("--label", action="store_true", help="with -i, for a job on several hosts: stream every part's output, each line prefixed with its rank (default: rank 0's)")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--quiet", "-q", action="store_true", help="with -i, do not report queue position and start")
@@ -149,9 +160,16 @@ def build_request(args, parser):
         command = command[1:]
     if not command:
         parser.error("no command given: mgpu srun [options] -- COMMAND [ARGS...]")
+    if args.partition is not None:
+        parser.error("-p/--partition: mgpu has no partitions (a job may use any GPU of the cluster); "
+                     "for a job's priority write --priority in full")
     if args.label and not args.interactive:
         parser.error("--label labels the output srun -i streams: give -i too")
+    if args.pty:
+        args.interactive = True  # as Slurm's srun --pty: a terminal is for interacting with
     fields = {"command": command, "requeue": args.requeue, "interactive": args.interactive}
+    if args.interactive:
+        fields["stdin"] = "pty" if args.pty else "pipe"
     try:
         gpus = None if args.gpus is None else parse_int(args.gpus, "--gpus", 0, MAX_GPUS)
         if args.gpu_ids is not None:
@@ -167,22 +185,26 @@ def build_request(args, parser):
         if args.time_limit is not None:
             fields["time_limit"] = parse_duration(args.time_limit)
         if args.signal is not None:
-            fields["warn_signal"], fields["warn_seconds"] = parse_signal_spec(args.signal)
+            fields["warn_signal"], lead = parse_signal_spec(args.signal)
+            if "@" in args.signal:  # else the master's default lead, cut to half a short limit
+                fields["warn_seconds"] = lead
         for name in ("nodelist", "exclude"):
             value = getattr(args, name)
             if value is not None:
                 fields[name] = parse_node_list(value, "--" + name)
         hosts_request(args, gpus, fields)
+        if args.dependency is not None:
+            fields["dependency"] = parse_dependency(args.dependency)
     except ValueError as e:
         raise MgpuError(errors.INVALID_ARGUMENT, str(e)) from None
-    cwd = os.path.abspath(args.chdir) if args.chdir else os.getcwd()
-    if not os.path.isdir(cwd):
-        raise MgpuError(errors.INVALID_ARGUMENT, "--chdir %s: no such directory" % cwd)
-    fields["cwd"] = cwd
+    from mgpu.cli import checks
+
+    cwd = fields["cwd"] = checks.working_directory(args.chdir)
     for name in ("output", "error"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = os.path.join(cwd, os.path.expanduser(value))
+            checks.output_path("--" + name, fields[name])
     for name, value in (("name", args.name), ("env_setup", args.env_setup_cmd)):
         if value is not None:
             fields[name] = value
@@ -190,6 +212,8 @@ def build_request(args, parser):
     os.umask(umask)
     fields["umask"] = umask
     fields["env"] = bundle.clean_environ()
+    if args.env_setup_cmd is None:  # else the setup may put the command on the PATH
+        checks.command(command, cwd, fields["env"])
     return fields
 
 
@@ -202,29 +226,42 @@ def main(argv):
         result = client.call("submit", **fields)
         job_id = result["job_id"]
         if not args.interactive:
-            print(job_id if args.parsable else "Submitted job %d" % job_id)
+            print(job_id if args.parsable else "Submitted job %d (%s)" % (job_id, where_output_goes(result)))
             return 0
         if args.parsable:
             print(job_id, file=sys.stderr)
-        return follow(client, job_id, args.quiet, args.label)
+        return follow(client, job_id, args.quiet, args.label, input_mode=fields["stdin"])
     finally:
         client.close()
 
 
-def follow(client, job_id, quiet, label=False):
-    """Stream a job until it ends; the job's exit code, or 130 when the user detaches."""
+def where_output_goes(result):
+    """`output: PATH` (and `errors: PATH` when stderr has its own file) of a submit's result."""
+    from mgpu.cli.render import text  # the paths hold names the user chose
+
+    where = "output: %s" % text(result.get("output") or "?")
+    if result.get("error") and result.get("error") != result.get("output"):
+        where += ", errors: %s" % text(result["error"])
+    return where
+
+
+def follow(client, job_id, quiet, label=False, input_mode=None):
+    """Stream a job until it ends; the job's exit code, or 130 when the user detaches. With
+    `input_mode` ("pipe", or "pty" for --pty) stdin is forwarded to the job (cli/terminal.py)."""
     from mgpu.cli.render import text  # reasons and names come from other users and jobs
     say = (lambda line: None) if quiet else (lambda line: _stderr("mgpu: " + text(line) + "\n"))
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    running = False
+    running, output = False, None
+    session = None
     try:
-        if label:
-            client.send("attach", job_id=job_id, label=True)
-        else:
-            client.send("attach", job_id=job_id)
+        extra = {"label": True} if label else {}
+        if input_mode:
+            extra["input"] = True
+        client.send("attach", job_id=job_id, **extra)
         reply = client.read(STREAM_READ_TIMEOUT)
         if reply.get("ok") is False:
             raise MgpuError(reply.get("error", errors.INTERNAL), reply.get("message", "attach failed"))
+        session = _forward_input(client, reply.get("result"), input_mode)
         announced = None
         while True:
             frame = client.read(STREAM_READ_TIMEOUT)
@@ -237,12 +274,15 @@ def follow(client, job_id, quiet, label=False):
                 stream.flush()
             elif kind == "status":
                 job = frame["job"]
+                output = job.get("output") or output
                 running = job["state"] != "PENDING"
                 if not running:
                     if job.get("position"):
                         line = "job %d queued (position %s): %s" % (job_id, job["position"], job.get("reason") or "waiting")
                     else:
-                        line = "job %d %s" % (job_id, job.get("reason") or "waiting")
+                        reason = job.get("reason") or "waiting"
+                        line = ("job %d pending: %s" if reason.startswith("Dependency") else "job %d %s") % (
+                            job_id, reason)
                 elif len(job.get("nodes") or ()) > 1:
                     line = "job %d running on %s" % (job_id, " ".join(
                         "%s:%s" % (part["name"], ",".join(map(str, part["gpu_ids"])) or "-") for part in job["nodes"]))
@@ -260,13 +300,66 @@ def follow(client, job_id, quiet, label=False):
                 if state != "COMPLETED" and not (state == "FAILED" and reason.startswith("exit code")):
                     _stderr("mgpu: job %d %s%s\n" % (job_id, text(state), (": " + text(reason)) if reason else ""))
                 return code if isinstance(code, int) and 0 <= code <= 255 else 1
+    except terminal_signal() as e:
+        return 128 + e.signum
     except KeyboardInterrupt:
-        _stderr("\nmgpu: detached from job %d; it %s. Follow it with 'mgpu queue', "
-                "cancel it with 'mgpu cancel %d'\n"
-                % (job_id, "keeps running" if running else "stays in the queue", job_id))
+        if session is not None:
+            session.close()
+        _stderr("\nmgpu: detached from job %d; it %s%s. See its output with 'mgpu logs -f %d' or 'mgpu attach "
+                "%d'; cancel it with 'mgpu cancel %d'\n"
+                % (job_id, "keeps running" if running else "stays in the queue",
+                   (", its output goes to " + text(output)) if output else "", job_id, job_id, job_id))
         return 130
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _forward_input(client, result, input_mode):
+    """The InputSession forwarding stdin when the attach granted input, else None (with one
+    line saying why not, when it was asked for)."""
+    if not input_mode:
+        return None
+    if not (isinstance(result, dict) and result.get("input")):
+        if _stdin_is_null():
+            return None  # nothing to forward: the job's stdin is empty either way
+        from mgpu.cli.render import text
+
+        why = result.get("input_refused") if isinstance(result, dict) else None
+        _stderr("mgpu: your input is not forwarded to the job: %s\n" % text(
+            why or "this daemon does not forward input (srun -i from a node's host)"))
+        return None
+    from mgpu.cli import terminal
+
+    session = terminal.InputSession(client.input_sender(), input_mode == "pty")
+    global _session
+    _session = session
+    session.start()
+    return session
+
+
+def _stdin_is_null():
+    try:
+        mine, null = os.fstat(sys.stdin.fileno()), os.stat("/dev/null")
+    except (OSError, ValueError):
+        return True  # no stdin at all
+    return (mine.st_rdev, mine.st_mode) == (null.st_rdev, null.st_mode)
+
+
+_session = None  # the InputSession holding the terminal raw, while there is one
+
+
+def terminal_signal():
+    """What a SIGTERM or SIGHUP raises while stdin is forwarded (nothing else raises it)."""
+    if _session is None:
+        return ()
+    from mgpu.cli.terminal import TerminalSignal
+
+    return TerminalSignal
 
 
 def _stderr(text):
+    if _session is not None and _session.raw:
+        text = text.replace("\n", "\r\n")
     sys.stderr.write(text)
     sys.stderr.flush()

@@ -1,0 +1,133 @@
+"""`mgpu history`: finished jobs from the master's database, with exit codes and times."""
+
+import argparse
+import datetime
+import re
+import sys
+import time
+
+from mgpu.cli.common import Parser, parse_job_ids
+from mgpu.client import call
+
+MAX_IDS = 1000           # protocol.MAX_IDS_NAMED
+MAX_LIMIT = 10_000       # protocol.MAX_HISTORY_LIMIT
+DEFAULT_LIMIT = 1000     # protocol.DEFAULT_HISTORY_LIMIT
+MAX_TIME = 1 << 40       # protocol.MAX_TIME
+
+DESCRIPTION = """Show finished jobs (COMPLETED, FAILED, CANCELLED, TIMEOUT, NODE_FAIL) from the
+master's database, oldest first, with exit codes and times. Without --since or -j: the jobs
+that ended since midnight today (local time), the newest 1000 of them."""
+
+EXAMPLES = """examples:
+  mgpu history                        jobs that ended since midnight (newest 1000)
+  mgpu history --since 2h             ... in the last two hours (also 30m, 3d, 1w)
+  mgpu history --since 2024-05-01 --user alice --state FAILED,TIMEOUT
+  mgpu history --me --since all       all your finished jobs (newest 1000)
+  mgpu history -j 42,43               these jobs, whenever they ended
+  mgpu history --json | jq '.jobs[] | select(.exit_code != 0) | .id'
+
+Finished jobs stay in the master's database after they leave 'mgpu queue --all'. Times are
+local: HH:MM:SS today, MM-DDTHH:MM this year, YYYY-MM-DD before; --json gives epoch seconds."""
+
+_AGO = re.compile(r"^([0-9]{1,7})([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DATE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?)?$")
+
+
+def parse_when(text, now):
+    """Epoch seconds from `YYYY-MM-DD` (local midnight), `YYYY-MM-DDTHH:MM[:SS]` (local time),
+    a time ago (`30m`, `2h`, `3d`, `1w`, `45s`), `today` (midnight), or None for `all`;
+    ValueError (one line) otherwise."""
+    value = str(text).strip()
+    if value.lower() == "all":
+        return None
+    if value.lower() == "today":
+        return midnight(now)
+    match = _AGO.fullmatch(value)
+    if match:
+        return max(0, int(now - int(match.group(1)) * _UNITS[match.group(2)]))
+    match = _DATE.fullmatch(value)
+    if match:
+        numbers = [int(g) if g else 0 for g in match.groups()]
+        try:
+            moment = datetime.datetime(*numbers).timestamp()
+        except (ValueError, OverflowError, OSError):
+            moment = None
+        if moment is not None:
+            return min(max(0, int(moment)), MAX_TIME)
+    raise ValueError("bad time %r: use YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS], a time ago like 30m, 2h, 3d, "
+                     "or 'all'" % value[:40])
+
+
+def midnight(now):
+    """The start of the local day of `now`, in epoch seconds."""
+    day = datetime.datetime.fromtimestamp(now).date()
+    return int(datetime.datetime(day.year, day.month, day.day).timestamp())
+
+
+def build_parser():
+    p = Parser(prog="mgpu history", description=DESCRIPTION,
+               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
+    p.add_argument("--me", action="store_true", help="only your own jobs")
+    p.add_argument("--since", "-S", metavar="WHEN", help="jobs that ended since WHEN: YYYY-MM-DD, "
+                   "YYYY-MM-DDTHH:MM[:SS], 30m, 2h, 3d, 1w, today (default), or all")
+    p.add_argument("--state", "-t", metavar="STATE[,STATE]", help="only these final states (e.g. FAILED,TIMEOUT)")
+    p.add_argument("--jobs", "-j", metavar="ID[,ID]", help="only these jobs (then no default --since)")
+    p.add_argument("--limit", "-n", metavar="N", help="at most the newest N jobs (default %d, at most %d)"
+                   % (DEFAULT_LIMIT, MAX_LIMIT))
+    p.add_argument("--json", action="store_true", help='print {"jobs": [...], "more": bool} as JSON')
+    return p
+
+
+def build_request(args, parser, now):
+    fields = {}
+    if args.user and args.me:
+        parser.error("give either --me or --user, not both")
+    if args.user:
+        fields["user"] = args.user
+    if args.me:
+        fields["mine"] = True
+    if args.state:
+        fields["state"] = args.state
+    if args.jobs is not None:
+        try:
+            fields["ids"] = parse_job_ids(args.jobs, MAX_IDS)
+        except ValueError as e:
+            parser.error(str(e))
+    try:
+        since = parse_when(args.since, now) if args.since is not None else (
+            None if args.jobs is not None else midnight(now))
+    except ValueError as e:
+        parser.error("--since: %s" % e)
+    if since is not None:
+        fields["since"] = since
+    if args.limit is not None:
+        text = args.limit.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 1 <= int(text) <= MAX_LIMIT:
+            parser.error("--limit: expected a whole number from 1 to %d, not %r" % (MAX_LIMIT, args.limit[:40]))
+        fields["limit"] = int(text)
+    return fields
+
+
+def main(argv):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fields = build_request(args, parser, time.time())
+    result = call("history", **fields)
+    from mgpu.cli import render
+
+    if args.json:
+        print(render.json_of({"jobs": result["jobs"], "more": result.get("more", False)}))
+        return 0
+    jobs = result["jobs"]
+    now = render.now_of(result)
+    if jobs:
+        print(render.history_table(jobs, now))
+    else:
+        print("no finished jobs match%s" % ("" if "since" not in fields or args.since is not None
+                                             else " since midnight (see --since)"))
+    if result.get("more"):
+        sys.stderr.write("mgpu: more jobs match: these are the newest %d (use --limit, --since or --state)\n"
+                         % len(jobs))
+    return 0
