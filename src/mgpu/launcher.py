@@ -773,12 +773,17 @@ def _supervise(spec, event_fd, lock_fd, libc):
             return
     go_read, go_write = os.pipe2(os.O_CLOEXEC)
     error_read, error_write = os.pipe2(os.O_CLOEXEC)
+    setup_read = setup_write = None
+    if spec.get("env_setup"):  # the job's shell reports a failed --env-setup-cmd here
+        setup_read, setup_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     job_pid = os.fork()
     if job_pid == 0:
         os.close(go_write)
-        _exec_job(spec, go_read, error_write, job_input)  # never returns
+        _exec_job(spec, go_read, error_write, job_input, setup_write)  # never returns
     os.close(go_read)
     os.close(error_write)
+    if setup_write is not None:
+        os.close(setup_write)
     if job_input is not None:
         job_input.forked()
     if job_input is None or not job_input.pty:
@@ -846,8 +851,12 @@ def _supervise(spec, event_fd, lock_fd, libc):
         exit_code, signum = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
     else:
         exit_code, signum = os.WEXITSTATUS(status), None
-    record.update(phase="exited", exit_code=exit_code, signal=signum, end_time=time.time(),
-                  error=failure.decode("utf-8", "replace")[:300] or None)
+    error = failure.decode("utf-8", "replace")[:300] or None
+    if setup_read is not None:
+        setup_failure = _env_setup_failure(setup_read, exit_code)
+        os.close(setup_read)
+        error = error or setup_failure
+    record.update(phase="exited", exit_code=exit_code, signal=signum, end_time=time.time(), error=error)
     try:
         write_record(path, record, dir_fd)
     except OSError:
@@ -1151,7 +1160,41 @@ def _end_leftovers(job_pid, handle):
         time.sleep(0.01)
 
 
-def _exec_job(spec, go_read, error_write, job_input=None):
+# The job's shell with --env-setup-cmd: the setup runs in the shell that then execs the command
+# (so `source venv/bin/activate` holds for it), with `set -e`. Its stderr goes to a private
+# temporary file first, copied to the job's stderr once the setup is over; when the setup fails,
+# "F" and the end of that stderr go to SETUP_FD, a pipe the supervisor reads: the job's reason
+# then says why. Written for any POSIX sh.
+SETUP_FD = 3
+SETUP_REPORT = 600  # bytes of a failed setup's stderr sent to the supervisor
+_SETUP_SCRIPT = """__mgpu_log=$(mktemp "${TMPDIR:-/tmp}/mgpu-setup.XXXXXX" 2>/dev/null) && exec 4>&2 2>"$__mgpu_log" || __mgpu_log=
+trap '__mgpu_rc=$?; set +e; if [ -n "$__mgpu_log" ]; then exec 2>&4; cat "$__mgpu_log" >&2; { printf F; tail -c %(report)d "$__mgpu_log"; } >&%(fd)d; rm -f "$__mgpu_log"; else printf F >&%(fd)d; fi; exit $__mgpu_rc' EXIT
+set -e
+%(setup)s
+set +e
+trap - EXIT
+if [ -n "$__mgpu_log" ]; then exec 2>&4 4>&-; cat "$__mgpu_log" >&2; rm -f "$__mgpu_log"; fi
+exec %(fd)d>&-
+unset __mgpu_log
+exec "$@"
+"""
+
+
+def _env_setup_failure(setup_read, exit_code):
+    """The reason of a job whose --env-setup-cmd failed (its shell's report on the setup pipe),
+    or None: `--env-setup-cmd failed (exit code N): LAST LINES OF ITS STDERR`."""
+    try:
+        report = os.read(setup_read, SETUP_REPORT + 64)
+    except OSError:  # nothing written (EAGAIN): the setup went through
+        return None
+    if not report.startswith(b"F") or not exit_code:
+        return None
+    lines = [line.strip() for line in report[1:].decode("utf-8", "replace").splitlines() if line.strip()]
+    tail = " / ".join(lines[-3:])[-240:]
+    return "--env-setup-cmd failed (exit code %s)%s" % (exit_code, (": " + tail) if tail else "")
+
+
+def _exec_job(spec, go_read, error_write, job_input=None, setup_write=None):
     stage = "start"
     code = 1
     try:
@@ -1210,12 +1253,19 @@ def _exec_job(spec, go_read, error_write, job_input=None):
         else:
             os.dup2(out, 1)
             os.dup2(err, 2)
-        os.closerange(3, error_write)
+        lowest = 3
+        if setup_write is not None:
+            if error_write == SETUP_FD:
+                error_write = os.dup(error_write)
+            os.dup2(setup_write, SETUP_FD)  # inherited by the job's shell, which closes it
+            lowest = SETUP_FD + 1
+        os.closerange(lowest, error_write)
         os.closerange(error_write + 1, 1 << 20)
         argv = spec["argv"]
         if spec.get("env_setup"):
             shell = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
-            argv = [shell, "-c", "set -e\n%s\nset +e\nexec \"$@\"" % spec["env_setup"], "mgpu-job"] + argv
+            script = _SETUP_SCRIPT % {"setup": spec["env_setup"], "fd": SETUP_FD, "report": SETUP_REPORT}
+            argv = [shell, "-c", script, "mgpu-job"] + argv
         stage = "cannot run %s" % argv[0]
         os.execvpe(argv[0], argv, spec["env"])
     except OSError as e:

@@ -273,3 +273,28 @@ def test_debug_shows_a_traceback_and_nothing_after_it(cluster):
     last = result.stderr.rstrip("\n").splitlines()[-1]
     assert last.startswith("mgpu.errors.MgpuError: cannot reach the mgpu master at /tmp/no-such-dir/mgpu.sock")
     # (the last line is the exception's: the binary's bootloader adds none of its own)
+
+
+# -- a failed --env-setup-cmd says why --------------------------------------------------------------
+
+
+def test_a_failed_env_setup_puts_the_end_of_its_stderr_in_the_reason(cluster):
+    failed = cluster.submit(ALICE, "--gpus", "0", "--env-setup-cmd", "echo preparing >&2; . /no/venv/bin/activate",
+                            "--", "echo", "never")
+    job = cluster.wait_state(failed, ("FAILED", "COMPLETED"))
+    assert job["state"] == "FAILED" and job["exit_code"] not in (None, 0), job
+    assert job["reason"].startswith("--env-setup-cmd failed (exit code %d): " % job["exit_code"]), job
+    assert "preparing / " in job["reason"] and "/no/venv/bin/activate" in job["reason"]
+    output = cluster.read_output(ALICE, failed)
+    assert output.startswith("preparing\n") and "/no/venv/bin/activate" in output and "never" not in output
+    table = cluster.run(ALICE, "queue", "--all").stdout
+    assert "--env-setup-cmd failed" in table
+    # A setup that works: its stderr still reaches the log, before the command's output; the
+    # command sees what it set, and nothing of the setup's plumbing.
+    ok = cluster.submit(ALICE, "--gpus", "0", "--env-setup-cmd", "echo set up >&2; export GREETING=hello", "--",
+                        "sh", "-c", "echo $GREETING; ls /proc/$$/fd")
+    job = cluster.wait_state(ok, ("FAILED", "COMPLETED"))
+    assert job["state"] == "COMPLETED", job
+    lines = cluster.read_output(ALICE, ok).split()
+    assert lines[:2] == ["set", "up"] and lines[2] == "hello"
+    assert sorted(lines[3:]) == ["0", "1", "2"]  # no descriptor of the setup's left open
