@@ -31,12 +31,14 @@ releases reach every part.
 """
 
 import collections
+import re
 import signal as _signal
 
 from . import errors, scheduler
 from .errors import MgpuError
-from .model import (DEFAULT_WARN_SECONDS, Gpu, Job, JobState, Node, NodeState, ResourceRequest,
-                    Transition, dependency_outcome, dependency_waits, format_dependency, format_duration)
+from .model import (DEFAULT_WARN_SECONDS, MAX_ARRAY_TASK_ID, MAX_JOB_ID, MAX_PATH, ArrayTasks, Gpu, Job, JobArray,
+                    JobState, Node, NodeState, ResourceRequest, Transition, dependency_outcome, dependency_waits,
+                    format_array_runs, format_dependency, format_duration)
 
 SIGTERM = int(_signal.SIGTERM)
 SIGKILL = int(_signal.SIGKILL)
@@ -67,11 +69,23 @@ class Reply(Action):
 
 
 class Save(Action):
-    """Write the job (and its new environment, and the transition) to the store."""
-    __slots__ = ("job", "transition", "env")
+    """Write the job (and its new environment, and the transition) to the store. env_from: a
+    new task of a job array, whose environment is a copy of the array's (that array's id)."""
+    __slots__ = ("job", "transition", "env", "env_from")
 
-    def __init__(self, job, transition=None, env=None):
-        self.job, self.transition, self.env = job, transition, env
+    def __init__(self, job, transition=None, env=None, env_from=None):
+        self.job, self.transition, self.env, self.env_from = job, transition, env, env_from
+
+
+class SaveArray(Action):
+    """Write a job array's record: whole (its template too: when it is submitted or its
+    dependencies change) or only its progress (tasks started, ended, cancelled). `env` and
+    `transition` with its submission. done: no task is left to start or running: its record and
+    environment are deleted."""
+    __slots__ = ("array", "whole", "env", "transition", "done")
+
+    def __init__(self, array, whole=False, env=None, transition=None, done=False):
+        self.array, self.whole, self.env, self.transition, self.done = array, whole, env, transition, done
 
 
 class Launch(Action):
@@ -212,8 +226,18 @@ STOP_VERBS = {"cancel": "cancel", "timeout": "time limit", "slice": "time slice"
               "mpi_done": "stop"}
 
 
+# Job arrays: a pass sees at most this many tasks of one array at once (the next to start), fewer
+# when the cluster has fewer free GPUs for them; ARRAY_PASSES passes run back to back while an
+# array has more tasks that could start (see schedule).
+MAX_ARRAY_CANDIDATES = 256
+ARRAY_PASSES = 8
+ARRAY_LIMIT_REASON = "JobArrayTaskLimit: %d of its tasks run at once (%%%d)"
+MAX_ARRAYS_REMEMBERED = 10_000  # arrays whose tasks all ended, for --dependency on them
+MAX_ARRAY_CANCEL_STRIDED = 100_000  # task ids of one FIRST-LAST:STEP run a cancel looks at one by one
+
+
 class Controller:
-    def __init__(self, settings, jobs=(), next_id=1, next_seq=1, drained=None, known_nodes=None):
+    def __init__(self, settings, jobs=(), next_id=1, next_seq=1, drained=None, known_nodes=None, arrays=()):
         self.settings = settings
         self.nodes = {}
         self._node_records = {}  # remote node name -> the record last saved of it
@@ -254,18 +278,41 @@ class Controller:
         self.blocked = {}
         self._waiting_on = {}
         self._resolved = collections.deque()
+        # Job arrays: array job id -> JobArray while a task is to start or runs; the tasks kept in
+        # memory (array id -> {task id: job id}); the active tasks' job ids (array id -> set);
+        # arrays changed since their record was last saved; arrays whose tasks all ended (id ->
+        # (final state, started)); the candidate tasks of the last full pass (id "N_T" -> Job).
+        self.arrays = {}
+        self.array_tasks = {}
+        self._array_active = {}
+        self._arrays_changed = set()
+        self._arrays_over = collections.OrderedDict()
+        self._new_arrays = []
+        self._candidates = {}
+        self._array_reasons = {}
+        for array in sorted(arrays, key=lambda a: a.id):
+            self._track_array(array)
         for job in sorted(jobs, key=lambda j: j.id):
             self._track(job)
+        for array_id in list(self.arrays):
+            self._arrays_changed.add(array_id)  # one with nothing left is cleared by the first flush
         # After a restart: look at every dependency again (one that is no longer known can never
         # hold); the first handle() or schedule() settles them.
         for dep_id in sorted(self._waiting_on):
             dep = self.jobs.get(dep_id)
+            array = self.arrays.get(dep_id)
+            if array is not None:
+                self._resolved.append((dep_id, JobState.RUNNING if array.started else JobState.PENDING,
+                                       array.started))
+                continue
             self._resolved.append((dep_id, None, False) if dep is None else (dep_id, dep.state, dep.attempt > 0))
 
     # -- bookkeeping ------------------------------------------------------------------------
 
     def _track(self, job):
         self.jobs[job.id] = job
+        if job.array_job_id is not None:
+            self._track_task(job)
         if job.state == JobState.PENDING:
             self.pending[job.id] = job
             if job.dependency and not all(met for _, _, met in job.dependency):
@@ -278,7 +325,38 @@ class Controller:
         else:
             self.finished.append(job.id)
             while len(self.finished) > self.settings.keep_finished:
-                self.jobs.pop(self.finished.popleft(), None)
+                gone = self.jobs.pop(self.finished.popleft(), None)
+                if gone is not None and gone.array_job_id is not None and gone.id not in self.jobs:
+                    tasks = self.array_tasks.get(gone.array_job_id)
+                    if tasks is not None and tasks.get(gone.array_task_id) == gone.id:
+                        del tasks[gone.array_task_id]
+                        if not tasks:
+                            del self.array_tasks[gone.array_job_id]
+
+    def _track_task(self, job):
+        """A task of a job array: indexed by its array and task id; counted while active."""
+        array_id = job.array_job_id
+        self.array_tasks.setdefault(array_id, {})[job.array_task_id] = job.id
+        active = self._array_active.get(array_id)
+        if job.state in JobState.ACTIVE:
+            if active is None:
+                active = self._array_active[array_id] = set()
+            active.add(job.id)
+        elif active is not None:
+            active.discard(job.id)
+            if not active:
+                del self._array_active[array_id]
+
+    def _track_array(self, array):
+        """A job array with tasks to start or running: kept, and blocked while its dependencies
+        do not hold."""
+        self.arrays[array.id] = array
+        template = array.template
+        if template.dependency and not all(met for _, _, met in template.dependency):
+            self.blocked[array.id] = template
+            for _, dep_id, met in template.dependency:
+                if not met:
+                    self._waiting_on.setdefault(dep_id, set()).add(array.id)
 
     def _move(self, job, new, now, reason, cause):
         """Change a job's state (the one transition function, in model.Job) and its place in
@@ -293,6 +371,8 @@ class Controller:
             self._over_slice.discard(job.id)
         if (new == JobState.RUNNING or new in JobState.FINAL) and job.id in self._waiting_on:
             self._resolved.append((job.id, new, new == JobState.RUNNING or job.attempt > 0))
+        if job.array_job_id is not None:
+            self._task_moved(job, new)
         if new == JobState.PENDING:
             job.queue_seq = self.next_seq  # back of the queue
             self.next_seq += 1
@@ -304,6 +384,49 @@ class Controller:
         if new != JobState.RUNNING:  # a start is decided by a pass and frees nothing
             self.dirty = True
         return Save(job, transition)
+
+    def _task_moved(self, job, new):
+        """A task of a job array changed state: its array's progress changes with it."""
+        array = self.arrays.get(job.array_job_id)
+        if array is None:
+            return
+        if new == JobState.RUNNING:
+            if not array.started:
+                array.started = True
+                self._arrays_changed.add(array.id)
+            if array.id in self._waiting_on:
+                self._resolved.append((array.id, JobState.RUNNING, True))
+        elif new in JobState.FINAL:
+            array.ended[new] = array.ended.get(new, 0) + 1
+            self._arrays_changed.add(array.id)
+
+    def _flush_arrays(self):
+        """SaveArray for every array changed since the last flush; an array with no task left to
+        start or running is done: forgotten, its end told to the jobs that depend on it."""
+        actions = []
+        for array_id in sorted(self._arrays_changed):
+            array = self.arrays.get(array_id)
+            if array is None:
+                continue
+            if array.pending or self._array_active.get(array_id):
+                actions.append(SaveArray(array))
+                continue
+            del self.arrays[array_id]
+            self._forget_dependencies(array.template)
+            self._candidates = {}
+            outcome = array.outcome()
+            self._arrays_over[array_id] = (outcome, array.started)
+            while len(self._arrays_over) > MAX_ARRAYS_REMEMBERED:
+                self._arrays_over.popitem(last=False)
+            if array_id in self._waiting_on:
+                self._resolved.append((array_id, outcome, array.started))
+            done = sum(array.ended.values())
+            actions.append(SaveArray(array, done=True))
+            actions.append(Log("array %d ended %s: %s" % (array_id, outcome, ", ".join(
+                "%d %s" % (n, state) for state, n in sorted(array.ended.items())) or "%d tasks" % done)))
+        self._arrays_changed.clear()
+        self._positions_valid = False
+        return actions
 
     def _forget_dependencies(self, job):
         """A job that no longer waits in the queue (started, cancelled, withdrawn) waits on
@@ -344,6 +467,9 @@ class Controller:
             if outcome is False:
                 why = "is no longer known" if state is None else "ended " + state
                 reason = "dependency never satisfied: job %d %s (%s:%d)" % (dep_id, why, kind, dep_id)
+                if job.id in self.arrays and job is self.arrays[job.id].template:
+                    return self._cancel_array_pending(self.arrays[job.id], reason, now) + [
+                        Log("cancel array %d (pending): %s" % (job.id, reason))]
                 return [self._move(job, JobState.CANCELLED, now, reason, "dependency"),
                         Log("cancel job %d (pending): %s" % (job.id, reason))]
             if outcome:
@@ -356,12 +482,15 @@ class Controller:
                 waiting.discard(job.id)
                 if not waiting:
                     del self._waiting_on[dep_id]
+        array = self.arrays.get(job.id)
+        save = SaveArray(array, whole=True) if array is not None and job is array.template else Save(job)
         if not all(met for _, _, met in job.dependency):
-            return [Save(job)]
+            return [save]
         del self.blocked[job.id]
         self.dirty = True
         self._positions_valid = False
-        return [Save(job), Log("job %d: its dependencies are satisfied (%s)" % (job.id, _dependency_spec(job)))]
+        return [save, Log("%s %d: its dependencies are satisfied (%s)" % (
+            "array" if array is not None and job is array.template else "job", job.id, _dependency_spec(job)))]
 
     def _dependency(self, pairs):
         """[[type, job id, met], ...] of a submission's dependency pairs, each pair once; refused
@@ -376,6 +505,15 @@ class Controller:
             seen.add((kind, dep_id))
             spec = "%s:%d" % (kind, dep_id)
             dep = self.jobs.get(dep_id)
+            array_state = self._array_state(dep_id) if dep is None else None
+            if array_state is not None:  # a job array: all of its tasks (Slurm's meaning)
+                state, started = array_state
+                outcome = dependency_outcome(kind, state, started)
+                if outcome is False:
+                    raise MgpuError(errors.INVALID_ARGUMENT, "--dependency %s can never be satisfied: job "
+                                    "array %d ended %s" % (spec, dep_id, state))
+                entries.append([kind, dep_id, bool(outcome)])
+                continue
             if dep is None and dep_id >= self.next_id:
                 raise MgpuError(errors.NOT_FOUND, "--dependency %s: no job %d" % (spec, dep_id))
             if dep is None:
@@ -388,6 +526,15 @@ class Controller:
                                 % (spec, dep_id, dep.state))
             entries.append([kind, dep_id, bool(outcome)])
         return entries
+
+    def _array_state(self, array_id):
+        """(state, started) of a job array as a dependency sees it: RUNNING once a task has
+        started, PENDING before, its final state once every task has ended; None when
+        `array_id` is no array known."""
+        array = self.arrays.get(array_id)
+        if array is not None:
+            return (JobState.RUNNING if array.started else JobState.PENDING), array.started
+        return self._arrays_over.get(array_id)
 
     def _dependency_reason(self, job):
         """Why a job with dependencies that do not hold yet waits: the first of them."""
@@ -404,8 +551,19 @@ class Controller:
 
     def handle(self, event, now):
         actions = self._dispatch(event, now)
-        if self._resolved:
-            actions = actions + self._settle_dependencies(now)
+        if self._arrays_changed or self._resolved:
+            actions = actions + self._settle(now)
+        return actions
+
+    def _settle(self, now):
+        """The arrays changed (saved; those with no task left forgotten) and the dependencies
+        that jobs' starts and ends decide, until neither leads to more."""
+        actions = []
+        while self._arrays_changed or self._resolved:
+            if self._arrays_changed:
+                actions.extend(self._flush_arrays())
+            if self._resolved:
+                actions.extend(self._settle_dependencies(now))
         return actions
 
     def _dispatch(self, event, now):
@@ -467,6 +625,14 @@ class Controller:
         if nnodes and gpu_ids is not None:
             raise MgpuError(errors.INVALID_ARGUMENT, "a job on several hosts gives its GPUs per host "
                             "(gpus, or node_gpu_ids), not gpu_ids")
+        runs = fields.get("array")
+        if runs is not None:
+            if fields.get("interactive") or fields.get("stdin"):
+                raise MgpuError(errors.INVALID_ARGUMENT, "srun -i cannot follow a job array: submit it "
+                                "without -i and watch its tasks with 'mgpu queue'")
+            if nnodes or fields.get("mpi"):
+                raise MgpuError(errors.INVALID_ARGUMENT, "--array with --nodes is not supported: each task "
+                                "of a job array runs on one host")
         request = ResourceRequest(gpus if gpus is not None else 1, gpu_ids, fields.get("mem_mb"), nodelist,
                                   self._known_nodes(fields.get("exclude"), "--exclude"), nnodes, node_gpu_ids)
         why = self.unsatisfiable(request)
@@ -486,6 +652,20 @@ class Controller:
         if not cwd.startswith("/"):
             raise MgpuError(errors.INVALID_ARGUMENT, "the working directory must be an absolute path")
         logs = peer["home"].rstrip("/") + "/.mgpu/logs/"
+        if runs is not None:  # each task fills in %j and %a when it starts
+            output = self._array_path(fields.get("output") or logs + "%A_%a.out", job_id, user,
+                                      fields.get("name"), cwd, "--output")
+            error = fields.get("error")
+            error = self._array_path(error, job_id, user, fields.get("name"), cwd, "--error") if error else None
+            return self._submit_array(token, fields, peer, now, runs, dict(
+                id=job_id, user=user, uid=uid, gid=peer["gid"], name=fields.get("name"),
+                command=fields["command"], cwd=cwd, output=output.replace("%r", "0"),
+                error=error and error.replace("%r", "0"), env_setup=fields.get("env_setup"), gpus=request.gpus,
+                gpu_ids=request.gpu_ids, mem_mb=request.mem_mb, nodelist=request.nodelist,
+                exclude=request.exclude, distributed=bool(fields.get("distributed")) or None,
+                time_limit=time_limit, priority=priority, requeue=bool(fields.get("requeue")),
+                warn_signal=warn_signal, warn_seconds=warn_seconds, submit_time=now, queue_seq=self.next_seq,
+                state=JobState.PENDING, reason="submitted", umask=fields.get("umask"), dependency=dependency))
         output = self._expand(fields.get("output") or logs + "%j.out", job_id, user, fields.get("name"),
                               cwd, "--output")
         error = fields.get("error")
@@ -530,6 +710,52 @@ class Controller:
                                                              describe_command(job.command))),
             Reply(token, ok({"job_id": job.id, "output": job.output, "error": job.error})),
         ]
+
+    def _submit_array(self, token, fields, peer, now, runs, template_fields):
+        """A job array: one record (its template and the task ids to start), no job per task
+        until that task starts."""
+        template = Job(**template_fields)
+        array = JobArray(template.id, template, ArrayTasks(runs), fields.get("array_throttle"))
+        self.next_id += 1
+        self.next_seq += 1
+        self._track_array(array)
+        self._new_arrays.append(array)
+        self._positions_valid = False
+        env = {k: v for k, v in fields["env"].items() if not k.startswith("MGPU_ARRAY_")}
+        env.update(MGPU_ARRAY_JOB_ID=str(array.id), MGPU_ARRAY_TASK_COUNT=str(array.task_count),
+                   MGPU_ARRAY_TASK_MIN=str(array.task_min), MGPU_ARRAY_TASK_MAX=str(array.task_max))
+        what = _plural(template.gpus, "GPU") if not template.gpu_ids else "GPUs " + ",".join(map(str, template.gpu_ids))
+        if template.mem_mb:
+            what += " x %d MB" % template.mem_mb
+        if template.dependency:
+            what += " dependency=%s" % _dependency_spec(template)
+        spec = format_array_runs(runs, array.throttle)
+        return [
+            SaveArray(array, whole=True, env=env, transition=Transition(
+                array.id, now, "", JobState.PENDING, "submitted", "submit by %s" % template.user)),
+            Log("submit array %d user=%s %s (%s) %s priority=%d: %s" % (
+                array.id, template.user, _plural(array.task_count, "task"), spec if len(spec) <= 200
+                else spec[:197] + "...", what, template.priority, describe_command(template.command))),
+            Reply(token, ok({"job_id": array.id, "array_job_id": array.id, "array_tasks": array.task_count,
+                             "array": array.spec, "array_throttle": array.throttle,
+                             "output": template.output, "error": template.error})),
+        ]
+
+    @staticmethod
+    def _array_path(path, array_id, user, name, cwd, what):
+        """The path of a job array's tasks under `cwd` when relative, refused when it could be
+        over PATH_MAX bytes once %A (array id), %a (task id), %j (a task's job id), %u and %x
+        are filled in. They are filled in as each task starts (task_path)."""
+        name = name or "job"
+        longest = len(path.encode("utf-8", "surrogateescape")) if len(path) <= MAX_PATH else len(path)
+        longest += (path.count("%j") * (len(str(MAX_JOB_ID)) - 2) + path.count("%a") * (len(str(MAX_ARRAY_TASK_ID)) - 2)
+                    + path.count("%A") * (len(str(array_id)) - 2) + path.count("%u") * (len(user.encode()) - 2)
+                    + path.count("%x") * (len(name.encode("utf-8", "surrogateescape")) - 2)
+                    + (0 if path.startswith("/") else len(cwd.encode("utf-8", "surrogateescape")) + 1))
+        if longest > MAX_PATH:
+            raise MgpuError(errors.INVALID_ARGUMENT, "%s is too long once %%A, %%a, %%j, %%u and %%x are "
+                            "filled in: at most %d bytes" % (what, MAX_PATH))
+        return path if path.startswith("/") else cwd.rstrip("/") + "/" + path
 
     @staticmethod
     def _expand(path, job_id, user, name, cwd, what="--output"):
@@ -589,14 +815,16 @@ class Controller:
                             or (wanted is not None and bool(wanted & JobState.FINAL)))
         selected = list(self.running.values())
         selected.sort(key=lambda j: (j.start_time or 0, j.id))
-        pending = sorted(self.pending.values(), key=scheduler.queue_order_key)
+        pending = list(self.pending.values())
+        pending.extend(array.template for array in self.arrays.values() if array.pending)
+        pending.sort(key=scheduler.queue_order_key)
         selected.extend(pending)
         if include_finished:
             selected.extend(self.jobs[i] for i in self.finished if i in self.jobs)
         if ids is not None:
             ids = set(ids)
-            selected = [job for job in selected if job.id in ids]
-        rows = [self.job_row(job) for job in selected
+            selected = [job for job in selected if job.id in ids or job.array_job_id in ids]
+        rows = [self._row(job) for job in selected
                 if (user is None or job.user == user) and (wanted is None or _shown_state(job) in wanted)]
         return [Reply(token, ok({"jobs": rows, "nodes": self.node_rows(), "time": now}))]
 
@@ -616,8 +844,27 @@ class Controller:
         return [ReadHistory(token, peer, filters)]
 
     def _show(self, token, fields, peer, now):
-        """Every field of one job: from memory when it is kept there, else from the store."""
-        job = self.jobs.get(fields["job_id"])
+        """Every field of one job: from memory when it is kept there, else from the store. For a
+        job array: its tasks not started yet (`show N`), or one task (`show N_T`)."""
+        job_id, task_id = fields["job_id"], fields.get("array_task_id")
+        array = self.arrays.get(job_id)
+        if task_id is not None:
+            task = self.jobs.get(self.array_tasks.get(job_id, {}).get(task_id))
+            if task is not None:
+                return [Reply(token, ok({"job": self.job_detail(task, peer), "time": now}))]
+            if array is not None and task_id in array.pending:
+                row = self._array_row(array)
+                row.update(array_task_id=task_id, array_tasks=str(task_id), array_pending=1)
+                return [Reply(token, ok({"job": self.job_detail(array.template, peer, row), "time": now}))]
+            raise MgpuError(errors.NOT_FOUND, "no task %d_%d in the queue (tasks that ended: 'mgpu history -j %d')"
+                            % (job_id, task_id, job_id))
+        if array is not None:
+            return [Reply(token, ok({"job": self.job_detail(array.template, peer, self._array_row(array)),
+                                     "time": now}))]
+        job = self.jobs.get(job_id)
+        if job is None and (job_id in self._arrays_over or job_id in self.array_tasks):
+            raise MgpuError(errors.NOT_FOUND, "job %d is a job array whose tasks have all ended: see 'mgpu "
+                            "history -j %d'" % (job_id, job_id))
         if job is None:
             filters = {"user": None, "states": None, "ids": [fields["job_id"]], "since": None, "limit": 1}
             return [ReadHistory(token, peer, filters, show=fields["job_id"])]
@@ -649,11 +896,20 @@ class Controller:
                 raise MgpuError(errors.PERMISSION_DENIED,
                                 "permission denied: you may cancel only your own jobs")
             named = set(ids)
+            arrays = [array.id for array in self.arrays.values()
+                      if array.template.user == user and array.id not in named]
+            ids.extend(arrays)
+            named.update(arrays)
             ids.extend(job.id for job in list(self.running.values()) + list(self.pending.values())
-                       if job.user == user and job.id not in named)
+                       if job.user == user and job.id not in named and job.array_job_id not in named)
         actions, results = [], []
+        for array_id, runs in fields.get("tasks") or ():
+            actions.extend(self._cancel_tasks(array_id, runs, peer, privileged, now, results))
         for job_id in ids:
             job = self.jobs.get(job_id)
+            if job is None and (job_id in self.arrays or job_id in self.array_tasks):
+                actions.extend(self._cancel_tasks(job_id, None, peer, privileged, now, results))
+                continue
             if job is None:
                 results.append({"id": job_id, "result": "not_found", "message": "no such job"})
             elif not privileged and job.uid != uid:
@@ -672,6 +928,84 @@ class Controller:
                 results.append({"id": job_id, "result": "stopping",
                                 "message": "stopping (SIGTERM sent, SIGKILL after %gs)" % self.settings.kill_grace})
         actions.append(Reply(token, ok({"results": results})))
+        return actions
+
+    def _cancel_tasks(self, array_id, runs, peer, privileged, now, results):
+        """Cancel tasks of a job array: those in `runs` ([[first, last, step], ...]), or all of
+        them (runs None): the ones not started leave the array, pending ones are cancelled,
+        running ones stopped. One result for the array (or for each run named)."""
+        name = peer["user"]
+        array = self.arrays.get(array_id)
+        known = self.array_tasks.get(array_id, {})
+        label = "%d" % array_id if runs is None else "%d_%s" % (
+            array_id, format_array_runs(runs) if len(runs) == 1 and runs[0][0] == runs[0][1]
+            else "[%s]" % format_array_runs(runs))
+        result = {"id": array_id, "task": label}
+        if array is None and not known:
+            results.append(dict(result, result="not_found", message="no such job array"))
+            return []
+        owner = array.template if array is not None else self.jobs[next(iter(known.values()))]
+        if not privileged and owner.uid != peer["uid"]:
+            results.append(dict(result, result="permission_denied",
+                                message="permission denied: job %d belongs to %s" % (array_id, owner.user)))
+            return []
+        actions, cancelled, pending_jobs, stopping, problem = [], 0, 0, 0, None
+        reason = "cancelled by %s" % name
+        if runs is None:
+            if array is not None:
+                cancelled = len(array.pending)
+                actions.extend(self._cancel_array_pending(array, reason, now))
+            chosen = list(known.values())
+        else:
+            chosen = []
+            for first, last, step in runs:
+                if array is not None and array.pending:
+                    try:
+                        if step == 1:
+                            cancelled += array.pending.remove_interval(first, last)
+                        elif (last - first) // step < MAX_ARRAY_CANCEL_STRIDED:
+                            cancelled += sum(1 for task_id in range(first, last + 1, step)
+                                             if array.pending.remove(task_id))
+                        else:
+                            problem = ("cancel tasks with a step above 1 in ranges of fewer than %d tasks"
+                                       % MAX_ARRAY_CANCEL_STRIDED)
+                    except ValueError as e:
+                        problem = str(e)
+                chosen.extend(job_id for task_id, job_id in known.items()
+                              if first <= task_id <= last and (task_id - first) % step == 0)
+            if cancelled and array is not None:
+                array.ended[JobState.CANCELLED] = array.ended.get(JobState.CANCELLED, 0) + cancelled
+                self._arrays_changed.add(array_id)
+                self._positions_valid = False
+                self.dirty = True
+                actions.append(Log("cancel %s of array %d not started yet by %s" % (
+                    _plural(cancelled, "task"), array_id, name)))
+        ended = 0
+        for job_id in sorted(set(chosen)):
+            job = self.jobs.get(job_id)
+            if job is None or job.state in JobState.FINAL:
+                ended += 1
+            elif job.state == JobState.PENDING:
+                actions.append(self._move(job, JobState.CANCELLED, now, reason, "cancel by %s" % name))
+                actions.append(Log("cancel job %d (task %s, pending) by %s" % (job.id, array_task_label(job), name)))
+                pending_jobs += 1
+            else:
+                actions.extend(self._stop(job, "cancel", now, reason))
+                stopping += 1
+        said = []
+        if cancelled or pending_jobs:
+            said.append("%s cancelled" % _plural(cancelled + pending_jobs, "pending task"))
+        if stopping:
+            said.append("%s stopping (SIGTERM sent, SIGKILL after %gs)" % (
+                _plural(stopping, "running task"), self.settings.kill_grace))
+        if problem is not None:
+            results.append(dict(result, result="invalid", message="; ".join(said + [problem])))
+        elif said:
+            results.append(dict(result, result="stopping" if stopping else "cancelled", message="; ".join(said)))
+        elif ended:
+            results.append(dict(result, result="finished", message="already ended"))
+        else:
+            results.append(dict(result, result="not_found", message="no such task"))
         return actions
 
     def _attach(self, token, fields, peer, now):
@@ -1154,13 +1488,13 @@ class Controller:
 
     def schedule(self, now):
         """A scheduler pass (see _pass), and the dependencies its starts satisfy: while they let
-        more jobs join the queue, another pass, up to MAX_DEPENDENCY_PASSES."""
-        actions = self._settle_dependencies(now) if self._resolved else []
+        more jobs join the queue, or a job array has more tasks that could start, another pass,
+        up to MAX_DEPENDENCY_PASSES."""
+        actions = self._settle(now) if self._resolved or self._arrays_changed else []
         for _ in range(MAX_DEPENDENCY_PASSES):
             actions.extend(self._pass(now))
-            if not self._resolved:
-                break
-            actions.extend(self._settle_dependencies(now))
+            if self._resolved or self._arrays_changed:
+                actions.extend(self._settle(now))
             if not self.dirty:
                 break
         return actions
@@ -1176,15 +1510,22 @@ class Controller:
         full = self.dirty
         if full:
             candidates = list(self.pending.values())
-        elif self._new_jobs:
+            arrays = list(self.arrays.values())
+        elif self._new_jobs or self._new_arrays:
             candidates = [job for job in self._new_jobs if job.state == JobState.PENDING]
+            arrays = list(self._new_arrays)
             head = self.pending.get(self._head)
             if head is not None:
                 candidates.append(head)
+            elif self._head in self._candidates:  # a task of an array: that array's next tasks
+                array = self.arrays.get(self._candidates[self._head].array_job_id)
+                if array is not None and array not in arrays:
+                    arrays.append(array)
         else:
             return []
         self.dirty = False
         self._new_jobs = []
+        self._new_arrays = []
         for job_id in [i for i in held if i not in self.pending]:
             del held[job_id]
         if held:
@@ -1195,6 +1536,9 @@ class Controller:
         running = list(self.running.values())
         policy = self.settings.policy
         actions = []
+        offered, limited = None, {}
+        if arrays or self._array_active:
+            candidates, offered, limited = self._array_candidates(candidates, arrays, nodes, full)
         try:
             result = scheduler.schedule(candidates, nodes, running, now, policy)
         except Exception as e:
@@ -1221,10 +1565,15 @@ class Controller:
             if isinstance(allocation, tuple):
                 actions.extend(self._start_gang(job, allocation, now))
                 continue
+            if job.array_job_id is not None and isinstance(job.id, str):
+                actions.append(self._materialize(job, now))
             actions.append(self._start(job, allocation, now))
             actions.append(Launch(job))
-            actions.append(Log("start job %d on %s GPUs %s" % (
-                job.id, allocation.node, ",".join(map(str, allocation.gpu_ids)) or "none")))
+            task = "" if job.array_job_id is None else " (task %d_%d)" % (job.array_job_id, job.array_task_id)
+            actions.append(Log("start job %d%s on %s GPUs %s" % (
+                job.id, task, allocation.node, ",".join(map(str, allocation.gpu_ids)) or "none")))
+        if offered is not None:
+            self._array_pass_done(offered, result.waiting, full)
         if self.drained:
             self._say_drained(result.waiting)
         if full:
@@ -1232,6 +1581,8 @@ class Controller:
         else:
             self.waiting.update(result.waiting)
         self.waiting.update(held)
+        if limited:
+            self.waiting.update(limited)
         if self.settings.max_job_time and self.pending:
             try:
                 actions.extend(self._switch_out(now, nodes))
@@ -1239,6 +1590,118 @@ class Controller:
                 actions.append(Log("internal error choosing jobs to switch out: %s: %s"
                                    % (type(e).__name__, e)))
         return actions
+
+    # -- job arrays ---------------------------------------------------------------------------
+
+    def _array_candidates(self, candidates, arrays, nodes, full):
+        """The jobs a pass looks at, with the next tasks of each array in `arrays` that may start:
+        no more than its throttle leaves room for (tasks of it that went back to the queue count
+        against that room too), nor than the free GPUs could take. (candidates, offered,
+        limited): offered maps an array id to the candidate tasks made for it (ids "N_T"),
+        limited a task that went back to the queue to why it waits for its array's throttle."""
+        room = {}
+        kept = []
+        limited = {}
+        for job in candidates:
+            array = self.arrays.get(job.array_job_id) if job.array_job_id is not None else None
+            if array is not None and array.throttle:
+                left = room.get(array.id)
+                if left is None:
+                    left = array.throttle - self._running_tasks(array.id)
+                if left <= 0:
+                    limited[job.id] = ARRAY_LIMIT_REASON % (array.throttle, array.throttle)
+                    continue
+                room[array.id] = left - 1
+            kept.append(job)
+        offered = {}
+        free = whole = None
+        for array in arrays:
+            if not array.pending or array.id in self.blocked or array.id not in self.arrays:
+                continue
+            most = len(array.pending)
+            if array.throttle:
+                left = room.get(array.id)
+                if left is None:
+                    left = array.throttle - self._running_tasks(array.id)
+                most = min(most, left)
+                if most <= 0:
+                    offered[array.id] = []
+                    limited[array.id] = ARRAY_LIMIT_REASON % (array.throttle, array.throttle)
+                    continue
+            most = min(most, MAX_ARRAY_CANDIDATES)
+            if array.template.mem_mb is None and (array.template.gpus or array.template.gpu_ids):
+                if whole is None:
+                    whole = _free_gpus(nodes, self.running.values())
+                count = len(array.template.gpu_ids) if array.template.gpu_ids else array.template.gpus
+                most = min(most, whole // count + 1)
+            elif array.template.mem_mb is not None:
+                if free is None:
+                    free = _free_capacity(nodes, self.running.values())
+                most = min(most, _tasks_that_fit(array.template, free))
+            tasks = [array.task(task_id, "%d_%d" % (array.id, task_id)) for task_id in array.pending.first_ids(most)]
+            offered[array.id] = tasks
+            kept.extend(tasks)
+        if full:
+            self._array_reasons = {}
+            self._candidates = {}
+        self._array_reasons.update((key, reason) for key, reason in limited.items() if key in self.arrays)
+        for tasks in offered.values():
+            for task in tasks:
+                self._candidates[task.id] = task
+        return kept, offered, {key: reason for key, reason in limited.items() if key not in self.arrays}
+
+    def _array_pass_done(self, offered, waiting, full):
+        """After a pass: each array's reason (that of its first task that did not start), and
+        another pass when an array started every task offered and has more that could start."""
+        for array_id, tasks in offered.items():
+            array = self.arrays.get(array_id)
+            if array is None or not tasks:
+                continue
+            left = [task for task in tasks if isinstance(task.id, str)]
+            if left:
+                self._array_reasons[array_id] = waiting.get(left[0].id, "")
+            elif array.pending and array.throttle and self._running_tasks(array_id) >= array.throttle:
+                self._array_reasons[array_id] = ARRAY_LIMIT_REASON % (array.throttle, array.throttle)
+            elif array.pending:
+                self.dirty = True  # all started: the next tasks may start too
+            for task in tasks:
+                if not isinstance(task.id, str):
+                    self._candidates.pop("%d_%d" % (array_id, task.array_task_id), None)
+        if self.dirty:
+            self._positions_valid = False
+
+    def _running_tasks(self, array_id):
+        jobs = self.jobs
+        return sum(1 for job_id in self._array_active.get(array_id, ())
+                   if jobs[job_id].state == JobState.RUNNING)
+
+    def _materialize(self, task, now):
+        """A candidate task a pass starts becomes a job of its own: its job id, its output paths,
+        out of the array's pending set. Its environment is a copy of the array's."""
+        array = self.arrays[task.array_job_id]
+        array.pending.take(task.array_task_id)
+        task.id = self.next_id
+        self.next_id += 1
+        task.output = task_path(task.output, task)
+        task.error = task_path(task.error, task) if task.error else None
+        task.reason = ""
+        self._track(task)
+        self._arrays_changed.add(array.id)
+        return Save(task, Transition(task.id, now, "", JobState.PENDING, "task %d_%d of array %d" % (
+            array.id, task.array_task_id, array.id), "array %d" % array.id), env_from=array.id)
+
+    def _cancel_array_pending(self, array, reason, now):
+        """Every task of the array that has not started is cancelled (counted as CANCELLED)."""
+        count = len(array.pending)
+        if not count:
+            return []
+        array.pending = ArrayTasks()
+        array.ended[JobState.CANCELLED] = array.ended.get(JobState.CANCELLED, 0) + count
+        self._arrays_changed.add(array.id)
+        self._array_reasons.pop(array.id, None)
+        self._positions_valid = False
+        self.dirty = True
+        return [Log("cancel %s of array %d not started yet: %s" % (_plural(count, "task"), array.id, reason))]
 
     def _say_drained(self, waiting):
         """Reasons of jobs that wait for want of an up node name the drained ones (for a job
@@ -1264,10 +1727,13 @@ class Controller:
                     waiting[job_id] = reason + " (drained: %s)" % ", ".join(mine[:10])
 
     def positions(self):
-        """Job id -> place in the queue (1 = next to start), for pending jobs."""
+        """Job id -> place in the queue (1 = next to start), for pending jobs and job arrays with
+        tasks to start (by the array job id)."""
         if not self._positions_valid:
-            ordered = sorted((job for job in self.pending.values() if job.id not in self.blocked),
-                             key=scheduler.queue_order_key)
+            waiting = [job for job in self.pending.values() if job.id not in self.blocked]
+            waiting.extend(array.template for array in self.arrays.values()
+                           if array.pending and array.id not in self.blocked)
+            ordered = sorted(waiting, key=scheduler.queue_order_key)
             self._positions = {job.id: i for i, job in enumerate(ordered, 1)}
             self._positions_valid = True
         return self._positions
@@ -1336,13 +1802,31 @@ class Controller:
                 job.state == JobState.RUNNING and _every_part_started(job)),
             "nodes": _placement(job), "attempt": job.attempt, "stdin": job.stdin,
             "dependency": format_dependency(job.dependency) or None,
+            "array_job_id": job.array_job_id, "array_task_id": job.array_task_id,
         }
 
-    def job_detail(self, job, peer):
+    def _array_row(self, array):
+        """The queue row of a job array's tasks that have not started: `N_[5-1000%8]`."""
+        row = self.job_row(array.template)
+        if array.id not in self.blocked:
+            row["reason"] = self._array_reasons.get(array.id) or array.template.reason
+        row.update(array_job_id=array.id, array_task_id=None, array_tasks=array.pending.spec(),
+                   array_throttle=array.throttle, array_pending=len(array.pending),
+                   array_task_count=array.task_count)
+        return row
+
+    def _row(self, job):
+        """A queue row: a job's, or the pending tasks' of a job array (its template)."""
+        array = self.arrays.get(job.id) if job.array_job_id is None else None
+        if array is not None and array.template is job:
+            return self._array_row(array)
+        return self.job_row(job)
+
+    def job_detail(self, job, peer, row=None):
         """What `mgpu show` tells `peer` of a job: its queue row and the rest of its request.
         Its --env-setup-cmd (shell code that may hold secrets, like the environment, which is
         never shown) only to its owner, root and operators."""
-        row = self.job_row(job)
+        row = self.job_row(job) if row is None else row
         row.update({
             "cwd": job.cwd, "requeue": bool(job.requeue), "warn_signal": job.warn_signal,
             "warn_seconds": job.warn_seconds, "attempt": job.attempt, "distributed": bool(job.distributed),
@@ -1425,6 +1909,13 @@ class Controller:
 
     def withdraw(self, job_id):
         """Forget a submission that could not be stored (its submitter is told so)."""
+        array = self.arrays.pop(job_id, None)
+        if array is not None:
+            self._forget_dependencies(array.template)
+            self._new_arrays = [a for a in self._new_arrays if a.id != job_id]
+            self._arrays_changed.discard(job_id)
+            self._positions_valid = False
+            return
         job = self.pending.pop(job_id, None)
         if job is not None:
             self._forget_dependencies(job)
@@ -1443,6 +1934,73 @@ class Controller:
         save = self._move(job, JobState.PENDING, now, reason, "store")
         job.queue_seq = seq
         return [save, Log("job %d not started: %s" % (job.id, reason))]
+
+
+def _free_gpus(nodes, running):
+    """About how many GPUs no mgpu job holds on the up nodes that run jobs (jobs on nodes that
+    are not up count too: fewer, never more)."""
+    total = sum(len(node.gpus) for node in nodes if node.state == NodeState.UP and not node.submit_only)
+    held = 0
+    for job in running:
+        parts = job.parts
+        held += len(job.alloc) if parts is None else sum(len(gpu_ids) for _, gpu_ids in parts)
+    return max(0, total - held)
+
+
+def _free_capacity(nodes, running):
+    """(GPUs no mgpu job holds, [MB a --mem job could still get on each GPU that is not held
+    exclusively]) on the up nodes that run jobs: how many tasks of an array a pass may look at."""
+    exclusive, shared = set(), {}
+    for job in running:
+        for host, gpu_ids in job.parts or ((job.node, job.alloc),):
+            for index in gpu_ids:
+                if job.mem_mb is None:
+                    exclusive.add((host, index))
+                else:
+                    shared[(host, index)] = shared.get((host, index), 0) + job.mem_mb
+    whole, free_mb = 0, []
+    for node in nodes:
+        if node.state != NodeState.UP or node.submit_only:
+            continue
+        for gpu in node.gpus:
+            key = (node.name, gpu.index)
+            if key in exclusive:
+                continue
+            used = shared.get(key, 0)
+            if not used:
+                whole += 1
+            free_mb.append(gpu.memory_mb - (gpu.external_mb or 0) - used)
+    return whole, free_mb
+
+
+def _tasks_that_fit(template, free):
+    """How many tasks like `template` the free capacity could take now, plus one (the next
+    to wait holds the backfill reservation when it is the head of the queue)."""
+    whole, free_mb = free
+    count = len(template.gpu_ids) if template.gpu_ids else (template.gpus or 0)
+    if count == 0:
+        return MAX_ARRAY_CANDIDATES
+    if template.mem_mb is None:
+        return whole // count + 1
+    return sum(mb // template.mem_mb for mb in free_mb if mb > 0) // count + 1
+
+
+_TASK_PATH = re.compile(r"%[jAaux]")
+
+
+def task_path(path, task):
+    """A task's output or error path: %j its job id, %A its array's id, %a its task id, %u its
+    user, %x its name, filled in at once (a name holding %j stays as it is)."""
+    values = {"%j": str(task.id), "%A": str(task.array_job_id), "%a": str(task.array_task_id),
+              "%u": task.user, "%x": task.name or "job"}
+    return _TASK_PATH.sub(lambda m: values[m.group(0)], path)
+
+
+def array_task_label(job):
+    """`12_7` for a task of a job array, else the job id."""
+    if job.array_job_id is None:
+        return str(job.id)
+    return "%d_%d" % (job.array_job_id, job.array_task_id)
 
 
 HISTORY_LIMIT = 1000  # finished jobs in a history reply when the request names no limit

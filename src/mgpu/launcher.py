@@ -46,6 +46,7 @@ before it reports the job lost, so its GPUs are reused only after.
 
 import ctypes
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -124,13 +125,21 @@ def children(pid):
     return [p for p, parent, _, _, _ in _processes() if parent == pid]
 
 
+_boot_id = None
+
+
 def boot_id():
-    """This boot's random id: pids and start times recorded in another boot prove nothing."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
-            return boot.read().strip()
-    except OSError:
-        return None
+    """This boot's random id: pids and start times recorded in another boot prove nothing.
+    Read once per process (it cannot change while the process lives); the helper reads it
+    before it forks, so no supervisor reads the file (or loads a text codec) again."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", "rb") as boot:
+                _boot_id = boot.read().strip().decode("ascii", "replace")
+        except OSError:
+            return None
+    return _boot_id
 
 
 def supervisor_alive(sup_pid, sup_start):
@@ -640,6 +649,10 @@ def _helper_main(command_fd, event_fd, lock_fd):
         libc = _c_library()
     except Exception:
         libc = None
+    boot_id()  # read once here: every supervisor inherits it
+    # What the daemon had allocated before the fork is never collected here: frozen, a
+    # collection in a supervisor does not walk (and so copy, page by page) the inherited heap.
+    gc.freeze()
     pending = bytearray()
     scanned = 0          # no newline in pending[:scanned]
     skipping = False     # the rest of an oversize line is being read and dropped
@@ -700,6 +713,7 @@ def _start_supervisor(line, command_fd, event_fd, lock_fd, libc):
         return
     if pid == 0:
         status = 1
+        gc.disable()  # short-lived, makes no garbage cycles worth a pass over the heap
         try:
             _supervise(spec, event_fd, lock_fd, libc)
             status = 0

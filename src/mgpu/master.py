@@ -26,7 +26,9 @@ An attach relayed by a node (`srun -i` of a client on the node's host) is checke
 controller like a local one, with the relayed identity; when granted, the same stream runs on a
 thread of its own and goes back through that node's link as relay_frames (nodelink.RelayStream:
 at most protocol.MAX_RELAY_STREAMS per link, flow-controlled by the link's outbox). It ends with
-the job, when the node cancels it (relay_cancel), or with the link.
+the job, when the node cancels it (relay_cancel), or with the link. Its input (relay_input, read
+through the RelayStream like a local client's connection, within the relay's window) goes to the
+job's host under the same rules and by the same _InputFeed as a local client's.
 """
 
 import os
@@ -117,7 +119,9 @@ class Master:
         except StoreError as e:
             raise MgpuError(errors.INTERNAL, str(e)) from None
         active, finished, next_id, next_seq = self.store.load(config.keep_finished)
-        self.set_aside = list(self.store.set_aside)
+        set_aside = list(self.store.set_aside)
+        arrays = self.store.load_arrays()
+        self.set_aside = set_aside + list(self.store.set_aside)
         owner = _account(uid) if self.single_user else None
         settings = ctl.Settings(
             policy=config.policy, max_user_priority=config.max_user_priority,
@@ -129,7 +133,7 @@ class Master:
             max_requeues=config.max_requeues)
         self.controller = ctl.Controller(settings, finished + active, next_id, next_seq,
                                          drained=self.store.load_drained(),
-                                         known_nodes=self.store.load_nodes())
+                                         known_nodes=self.store.load_nodes(), arrays=arrays)
         self.server = transport.unix_server(config.socket, self._serve_connection, log,
                                             max_connections=config.max_connections,
                                             max_connections_per_user=config.max_connections_per_user)
@@ -142,7 +146,7 @@ class Master:
         self._input_jobs = set()  # ids of the jobs an attach sends input to (one client each)
         self._input_lock = threading.Lock()
         self.history = _HistoryReaders(self.store.path, self.events.put)
-        self.counts = (len(active), len(finished))
+        self.counts = (len(active), len(finished), len(arrays))
         # Degraded mode (the store cannot be written): what is not stored yet.
         self.degraded = False
         self._unsaved = {}
@@ -150,6 +154,8 @@ class Master:
         self._unsaved_transitions = []
         self._unsaved_drains = {}  # node name -> drain reason, or None when resumed
         self._unsaved_nodes = {}   # remote node name -> its record
+        self._unsaved_arrays = {}  # array job id -> [JobArray, whole, done]
+        self._unsaved_env_copies = {}  # a new array task's job id -> its array's id
         self._held_releases = []
         self._next_store_retry = 0.0
 
@@ -193,10 +199,10 @@ class Master:
         log("GPUs: %s" % self.inventory_line)
         if self.single_user:
             self._warn_if_system_master_runs()
-        active, finished = self.counts
-        if active or finished:
-            log("restored %d active and %d finished jobs; next job id %d"
-                % (active, finished, self.controller.next_id))
+        active, finished, arrays = self.counts
+        if active or finished or arrays:
+            log("restored %d active and %d finished jobs%s; next job id %d"
+                % (active, finished, " and %d job arrays" % arrays if arrays else "", self.controller.next_id))
         if self.set_aside:
             log(*self.set_aside)
         self.events.put(dict(self.agent.info(), kind="node_up"))
@@ -334,12 +340,17 @@ class Master:
                     self._unsaved_envs[job.id] = action.env
                 if action.transition is not None:
                     self._unsaved_transitions.append(action.transition)
+                if action.env_from is not None:
+                    self._unsaved_env_copies[job.id] = action.env_from
+            elif type(action) is ctl.SaveArray:
+                self._keep_array(action)
             elif type(action) is ctl.SaveDrain:
                 self._unsaved_drains[action.node] = action.reason
             elif type(action) is ctl.SaveNode:
                 self._unsaved_nodes[action.node] = action.record
         stored = True
-        if self._unsaved or self._unsaved_transitions or self._unsaved_drains or self._unsaved_nodes:
+        if (self._unsaved or self._unsaved_transitions or self._unsaved_drains or self._unsaved_nodes
+                or self._unsaved_arrays):
             stored = self._write_unsaved()
         if not stored:
             actions = self._hold_back(actions)
@@ -368,6 +379,20 @@ class Master:
         if self.watchers and actions:
             self._update_watchers()
 
+    def _keep_array(self, action):
+        """A job array's record to write with the next batch (merged with what waits already)."""
+        array = action.array
+        entry = self._unsaved_arrays.get(array.id)
+        if entry is None:
+            entry = self._unsaved_arrays[array.id] = [array, False, False]
+        entry[0] = array
+        entry[1] = entry[1] or action.whole
+        entry[2] = action.done
+        if action.env is not None:
+            self._unsaved_envs[array.id] = action.env
+        if action.transition is not None:
+            self._unsaved_transitions.append(action.transition)
+
     def _launch(self, job, rank, envs):
         """Send one launch: a one-host job (rank None), or one part of a job on several hosts,
         with that part's GPUs, output files and environment (rank 0 chooses MASTER_PORT).
@@ -381,6 +406,8 @@ class Master:
         env = envs.get(job.id)
         if env is None:
             env = envs[job.id] = self.store.job_env(job.id)
+        if job.array_job_id is not None:
+            env = dict(env or {}, MGPU_ARRAY_JOB_ID=str(job.array_job_id), MGPU_ARRAY_TASK_ID=str(job.array_task_id))
         if rank is None:
             if job.distributed:  # torchrun on this host alone: its defaults, a port chosen there
                 env = dict(env or {}, MASTER_ADDR="127.0.0.1", PET_NNODES="1", PET_NODE_RANK="0",
@@ -471,6 +498,9 @@ class Master:
         if type_ == "job_input_done":
             link.input_done(fields)
             return
+        if type_ == "relay_input":  # to the stream's thread, which opened it in the loop before
+            link.relay_input(fields)
+            return
         self.events.put({"kind": "node_report", "link": link, "type": type_, "fields": fields})
 
     def _node_link_event(self, event, now):
@@ -505,23 +535,24 @@ class Master:
         """A request a node relays for one of its local clients, with the identity the node
         read from the kernel: a request event whose reply goes back over the link."""
         token = _RelayedReply(link, fields["request_id"])
-        try:
-            type_, request = protocol.check_request(fields["request"])
-            if type_ == "attach":
-                token = self._relayed_attach(link, fields["request_id"], request)
-        except MgpuError as e:
-            token.queue.put(protocol.error_from(e))
-            return None
         peer = fields["peer"]
         account = _account_by_name(peer["user"])
         if account is not None:  # the same user name on the master's host: its ids and home here
             peer = {"user": peer["user"], "uid": account[0], "gid": account[1], "home": peer["home"]}
+        try:
+            type_, request = protocol.check_request(fields["request"])
+            if type_ == "attach":
+                token = self._relayed_attach(link, fields["request_id"], request, peer["uid"])
+        except MgpuError as e:
+            token.queue.put(protocol.error_from(e))
+            return None
         token.type = type_
         return {"kind": "request", "type": type_, "fields": request, "token": token, "peer": dict(peer)}
 
-    def _relayed_attach(self, link, request_id, request):
+    def _relayed_attach(self, link, request_id, request, uid):
         """The token of a relayed attach: a thread of its own waits for the controller's answer
-        and streams the job back through the link. MgpuError when the link has as many streams
+        and streams the job back through the link (with the client's input, when it asked for
+        it and may send it: `uid` is the client's). MgpuError when the link has as many streams
         open as it may."""
         stream = link.open_stream(request_id)
         if stream is None:
@@ -529,29 +560,38 @@ class Master:
                             "the most it may; try again later" % (link.name, protocol.MAX_RELAY_STREAMS))
         token = _PendingReply("attach")
         try:
-            threading.Thread(target=self._serve_relayed_stream, args=(stream, token, request),
+            threading.Thread(target=self._serve_relayed_stream, args=(stream, token, request, uid),
                              name="relay-stream-%s-%d" % (link.name, request_id), daemon=True).start()
         except RuntimeError:  # the host cannot start another thread
             stream.close()
             raise MgpuError(errors.UNAVAILABLE, "the master cannot stream another job right now; try again") from None
         return token
 
-    def _serve_relayed_stream(self, stream, token, request):
+    def _serve_relayed_stream(self, stream, token, request, uid):
         """A relayed attach (its own thread): the controller's answer goes back to the node and,
-        when granted, the job's stream follows, as for a client on this host."""
+        when granted, the job's stream follows, as for a client on this host; so does its
+        input (relay_input, through the stream), under the same rules."""
+        feed = None
         try:
             try:
                 reply = token.queue.get(timeout=transport.REPLY_TIMEOUT)
             except queue.Empty:
                 reply = protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s"
                                        % transport.REPLY_TIMEOUT)
+            if reply.get("ok") and request.get("input"):
+                feed, refusal = self._input_feed(stream, reply["result"], uid, request)
+                reply["result"] = dict(reply["result"], input=feed is not None, input_refused=refusal)
+                if feed is not None:
+                    stream.accept_input()  # before the reply: the node sends input only after it
             stream.reply(reply)
             if reply.get("ok") and not stream.peer_closed():
                 self._stream(stream, reply["result"], bool(request.get("label")), request.get("follow", True),
-                             request.get("stream"))
+                             request.get("stream"), feed)
         except Exception as e:  # a bug in one stream must not leave a traceback behind
             log("internal error streaming through node %s: %s: %s" % (stream.link.name, type(e).__name__, e))
         finally:
+            if feed is not None:
+                feed.end()
             stream.close()
 
     def _register_node(self, event, now):
@@ -607,7 +647,8 @@ class Master:
         try:
             self.store.write(list(self._unsaved.values()), list(self._unsaved_envs.items()),
                              self._unsaved_transitions, c.next_id, c.next_seq, drained=self._unsaved_drains,
-                             nodes=self._unsaved_nodes)
+                             nodes=self._unsaved_nodes, arrays=[tuple(e) for e in self._unsaved_arrays.values()],
+                             env_copies=list(self._unsaved_env_copies.items()))
         except StoreError as e:
             self._next_store_retry = time.monotonic() + STORE_RETRY
             if not self.degraded:
@@ -618,6 +659,8 @@ class Master:
         self._unsaved, self._unsaved_envs, self._unsaved_transitions = {}, {}, []
         self._unsaved_drains = {}
         self._unsaved_nodes = {}
+        self._unsaved_arrays = {}
+        self._unsaved_env_copies = {}
         if self.degraded:
             self.degraded = False
             c.dirty = True
@@ -641,6 +684,7 @@ class Master:
                 c.withdraw(job_id)
                 self._unsaved.pop(job_id, None)
                 self._unsaved_envs.pop(job_id, None)
+                self._unsaved_arrays.pop(job_id, None)
                 self._unsaved_transitions = [t for t in self._unsaved_transitions if t.job_id != job_id]
                 kept.append(ctl.Reply(action.token, protocol.error(errors.UNAVAILABLE, self._degraded_line())))
             elif kind is ctl.Launch and action.rank:
@@ -696,7 +740,7 @@ class Master:
             reply = self._call(type_, fields, peer)
             feed = None
             if type_ == "attach" and reply.get("ok") and fields.get("input"):
-                feed, refusal = self._input_feed(connection, reply["result"], peer, fields)
+                feed, refusal = self._input_feed(connection, reply["result"], peer.uid, fields)
                 reply["result"] = dict(reply["result"], input=feed is not None, input_refused=refusal)
             try:
                 if not connection.reply(reply):
@@ -722,10 +766,11 @@ class Master:
         except queue.Empty:
             return protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s" % transport.REPLY_TIMEOUT)
 
-    def _input_feed(self, connection, row, peer, fields):
-        """(an _InputFeed, None) when this attach may send the job input, else (None, why). Only
-        the job's owner may, one client at a time, and only to a job submitted with -i."""
-        if row["uid"] != peer.uid:
+    def _input_feed(self, connection, row, uid, fields):
+        """(an _InputFeed, None) when this attach (of the client with `uid`, on this host or
+        relayed by a node) may send the job input, else (None, why). Only the job's owner may,
+        one client at a time, and only to a job submitted with -i."""
+        if row["uid"] != uid:
             return None, "only its owner %s may send job %d input" % (row["user"], row["id"])
         if row.get("stdin") not in protocol.STDIN_MODES:
             return None, "job %d was not submitted with -i: its stdin is /dev/null" % row["id"]

@@ -1,9 +1,10 @@
 """The domain: jobs, their states and allowed transitions, resource requests, nodes and GPUs.
 
 Owns: `JobState` names, the one table of allowed transitions, `Job` (with the one function that
-changes its state), `ResourceRequest`, `Gpu`, `Node`, `Allocation`, what each dependency type
+changes its state), `JobArray` (a job array's template and the set of its tasks not started
+yet, `ArrayTasks`), `ResourceRequest`, `Gpu`, `Node`, `Allocation`, what each dependency type
 means, and parsing of the user-facing value formats (durations, signal specs, GPU id lists,
-dependency specs).
+dependency specs, array specs).
 Must not: import sockets, threads, time, sqlite3, pynvml or anything else that does I/O.
 """
 
@@ -22,6 +23,10 @@ MAX_SIGNAL = 64                 # signals: 1 .. 64, and only those this platform
 MAX_PATH = 4096                 # UTF-8 bytes of a path (PATH_MAX), also once %j %u %x are expanded
 MAX_DEPENDENCIES = 1000         # job ids in one --dependency
 MAX_DEPENDENCY_SPEC = 32768     # characters of a --dependency spec
+MAX_ARRAY_TASKS = 1_000_000     # tasks in one job array
+MAX_ARRAY_TASK_ID = 3_999_999   # array task ids: 0 .. MAX_ARRAY_TASK_ID (Slurm's MaxArraySize - 1)
+MAX_ARRAY_SPEC = 10_000         # characters of an --array spec
+MAX_ARRAY_RUNS = 10_000         # runs [first, last, step] that one array's task ids are kept in
 
 
 class JobState:
@@ -161,6 +166,7 @@ JOB_FIELDS = (
     "warn_seconds", "submit_time", "queue_seq", "state", "reason", "exit_code", "start_time",
     "end_time", "node", "alloc", "attempt", "restarts", "sup_pid", "sup_start", "pgid",
     "stop_cause", "stop_deadline", "warned", "umask", "dependency", "stdin",
+    "array_job_id", "array_task_id",
 )
 
 
@@ -202,6 +208,7 @@ class Job:
         # --dependency: [[type, job id, met], ...] in the order given; `met` turns true once that
         # condition holds (it never turns false again: see dependency_outcome). None without.
         self.dependency = [list(entry) for entry in self.dependency] if self.dependency else None
+        # A task of a job array: the array's job id and this task's id in it (None otherwise).
 
     @property
     def multi_host(self):
@@ -478,3 +485,327 @@ def format_dependency(entries):
         else:
             groups.append((kind, [str(job_id)]))
     return ",".join("%s:%s" % (kind, ":".join(ids)) for kind, ids in groups)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Job arrays (Slurm's --array): `1-1000`, `0-30:3`, `1,4,9`, mixes such as `1-5,10,20-30:5`,
+# and `%N` to run at most N tasks at once. Task ids are kept as sorted runs [first, last, step]
+# (last = first + k * step; a single id is [id, id, 1]) whose spans do not overlap, so an array
+# of a million tasks costs a few numbers until its tasks start.
+
+_ARRAY_PIECE = re.compile(r"^([0-9]{1,7})(?:-([0-9]{1,7})(?::([0-9]{1,7}))?)?$")
+
+
+def _bad_array(text, why):
+    return ValueError("bad --array '%s': %s" % (_clip(str(text)), why))
+
+
+def parse_array_spec(text):
+    """`1-5,10,20-30:5%2` -> (runs, throttle): the task ids as sorted runs [first, last, step],
+    and the most tasks that may run at once (None: no limit). ValueError (one line) otherwise."""
+    text = str(text)
+    if len(text) > MAX_ARRAY_SPEC:
+        raise ValueError("bad --array: at most %d characters" % MAX_ARRAY_SPEC)
+    spec, percent, limit = text.strip().partition("%")
+    throttle = None
+    if percent:
+        if not (limit.isascii() and limit.isdigit()) or len(limit) > 7:
+            raise _bad_array(text, "after % give the most tasks to run at once, e.g. 1-100%8")
+        throttle = int(limit)
+        if not 1 <= throttle <= MAX_ARRAY_TASKS:
+            raise _bad_array(text, "the limit after %% goes from 1 to %d" % MAX_ARRAY_TASKS)
+    if not spec.strip():
+        raise _bad_array(text, "give task ids, e.g. 1-100, 0-30:3 or 1,4,9")
+    pieces = spec.split(",")
+    if len(pieces) > MAX_ARRAY_RUNS:
+        raise _bad_array(text, "at most %d comma-separated parts" % MAX_ARRAY_RUNS)
+    runs, total = [], 0
+    for piece in pieces:
+        m = _ARRAY_PIECE.match(piece.strip())
+        if not m:
+            raise _bad_array(text, "%r is not ID, FIRST-LAST or FIRST-LAST:STEP" % _clip(piece.strip()))
+        first = int(m.group(1))
+        last = first if m.group(2) is None else int(m.group(2))
+        step = 1 if m.group(3) is None else int(m.group(3))
+        if max(first, last) > MAX_ARRAY_TASK_ID:
+            raise _bad_array(text, "task ids go from 0 to %d" % MAX_ARRAY_TASK_ID)
+        if last < first:
+            raise _bad_array(text, "%s ends before it begins" % piece.strip())
+        if step < 1:
+            raise _bad_array(text, "the step after ':' must be at least 1")
+        last = first + (last - first) // step * step
+        if first == last:
+            step = 1
+        runs.append([first, last, step])
+        total += (last - first) // step + 1
+        if total > MAX_ARRAY_TASKS:
+            raise _bad_array(text, "at most %d tasks in one array" % MAX_ARRAY_TASKS)
+    runs.sort()
+    if any(runs[i][1] >= runs[i + 1][0] for i in range(len(runs) - 1)):
+        # Parts that overlap or interleave: the ids once each, in order (at most a million).
+        ids = set()
+        for first, last, step in runs:
+            ids.update(range(first, last + 1, step))
+        runs = compress_task_ids(sorted(ids))
+    else:
+        runs = _joined(runs)
+    if len(runs) > MAX_ARRAY_RUNS:
+        raise _bad_array(text, "too many separate parts: at most %d" % MAX_ARRAY_RUNS)
+    return runs, throttle
+
+
+def _joined(runs):
+    """Sorted runs whose spans do not overlap, each joined to the one before when it goes on
+    with the same step (`1,3,5` -> [[1, 5, 2]])."""
+    joined = []
+    for first, last, step in runs:
+        if joined:
+            previous = joined[-1]
+            gap = first - previous[1]
+            if previous[0] == previous[1] and (first == last or step == gap):
+                previous[1], previous[2] = last, gap
+                continue
+            if gap == previous[2] and (first == last or step == gap):
+                previous[1] = last
+                continue
+        joined.append([first, last, step])
+    return joined
+
+
+def compress_task_ids(ids):
+    """Sorted distinct ids -> runs [first, last, step], each as long as it can be."""
+    runs = []
+    i, n = 0, len(ids)
+    while i < n:
+        first = ids[i]
+        if i + 1 == n:
+            runs.append([first, first, 1])
+            break
+        step = ids[i + 1] - first
+        j = i + 1
+        while j + 1 < n and ids[j + 1] - ids[j] == step:
+            j += 1
+        runs.append([first, ids[j], step])
+        i = j + 1
+    return runs
+
+
+def check_array_runs(runs):
+    """None when `runs` (from the wire or the store) are well formed: at most MAX_ARRAY_RUNS
+    runs [first, last, step] of whole numbers, ids 0 .. MAX_ARRAY_TASK_ID, last = first + k *
+    step, sorted with spans that do not overlap, at most MAX_ARRAY_TASKS ids in all; else one
+    line why."""
+    if not isinstance(runs, list) or len(runs) > MAX_ARRAY_RUNS:
+        return "array task ids must be at most %d runs [first, last, step]" % MAX_ARRAY_RUNS
+    total, previous = 0, -1
+    for run in runs:
+        if not (isinstance(run, (list, tuple)) and len(run) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in run)):
+            return "array task ids must be runs [first, last, step] of whole numbers"
+        first, last, step = run
+        if not (0 <= first <= last <= MAX_ARRAY_TASK_ID) or step < 1 or (last - first) % step:
+            return "bad array run [%s, %s, %s]: ids 0 .. %d, last = first + k * step" % (
+                first, last, step, MAX_ARRAY_TASK_ID)
+        if first <= previous:
+            return "array runs must be sorted and must not overlap"
+        previous = last
+        total += (last - first) // step + 1
+    if total > MAX_ARRAY_TASKS:
+        return "at most %d tasks in one array" % MAX_ARRAY_TASKS
+    return None
+
+
+def format_array_runs(runs, throttle=None):
+    """`1-5,10,20-30:5` (with `%N` for a throttle) from runs."""
+    parts = []
+    for first, last, step in runs:
+        if first == last:
+            parts.append(str(first))
+        elif step == 1:
+            parts.append("%d-%d" % (first, last))
+        elif last - first == step:
+            parts.append("%d,%d" % (first, last))
+        else:
+            parts.append("%d-%d:%d" % (first, last, step))
+    text = ",".join(parts)
+    return text + ("%%%d" % throttle if throttle else "")
+
+
+class ArrayTasks:
+    """A set of array task ids as sorted runs [first, last, step] with spans that do not overlap.
+    Taken in order from the front as tasks start; one id or an interval can leave from anywhere
+    (a cancel), splitting a run."""
+
+    __slots__ = ("runs", "count")
+
+    def __init__(self, runs=()):
+        self.runs = [list(run) for run in runs]
+        self.count = sum((last - first) // step + 1 for first, last, step in self.runs)
+
+    def __len__(self):
+        return self.count
+
+    def __bool__(self):
+        return self.count > 0
+
+    def _find(self, task_id):
+        """Index of the run whose span holds task_id, or None."""
+        runs = self.runs
+        low, high = 0, len(runs)
+        while low < high:
+            mid = (low + high) // 2
+            if runs[mid][0] <= task_id:
+                low = mid + 1
+            else:
+                high = mid
+        i = low - 1
+        if i >= 0 and task_id <= runs[i][1]:
+            return i
+        return None
+
+    def __contains__(self, task_id):
+        i = self._find(task_id)
+        return i is not None and (task_id - self.runs[i][0]) % self.runs[i][2] == 0
+
+    def first_ids(self, most):
+        """The first `most` ids, in order."""
+        ids = []
+        for first, last, step in self.runs:
+            for task_id in range(first, last + 1, step):
+                if len(ids) >= most:
+                    return ids
+                ids.append(task_id)
+        return ids
+
+    @property
+    def lowest(self):
+        return self.runs[0][0] if self.runs else None
+
+    @property
+    def highest(self):
+        return self.runs[-1][1] if self.runs else None
+
+    def remove(self, task_id):
+        """Take one id out; False when it is not in the set (or the split would need more than
+        MAX_ARRAY_RUNS runs: ValueError)."""
+        i = self._find(task_id)
+        if i is None:
+            return False
+        first, last, step = self.runs[i]
+        if (task_id - first) % step:
+            return False
+        pieces = []
+        if task_id > first:
+            before = task_id - step
+            pieces.append([first, before, step if before > first else 1])
+        if task_id < last:
+            after = task_id + step
+            pieces.append([after, last, step if last > after else 1])
+        if len(self.runs) - 1 + len(pieces) > MAX_ARRAY_RUNS:
+            raise ValueError("the array's pending tasks would be split into more than %d parts: cancel "
+                             "whole ranges or the whole array" % MAX_ARRAY_RUNS)
+        self.runs[i:i + 1] = pieces
+        self.count -= 1
+        return True
+
+    def remove_interval(self, low, high):
+        """Take out every id from low to high (inclusive); how many left."""
+        kept = []
+        for first, last, step in self.runs:
+            if last < low or first > high:
+                kept.append([first, last, step])
+                continue
+            if first < low:  # the part below low
+                end = first + (low - 1 - first) // step * step
+                kept.append([first, end, step if end > first else 1])
+            if last > high:  # the part above high
+                start = last - (last - high - 1) // step * step
+                kept.append([start, last, step if last > start else 1])
+        if len(kept) > MAX_ARRAY_RUNS:
+            raise ValueError("the array's pending tasks would be split into more than %d parts: cancel "
+                             "whole ranges or the whole array" % MAX_ARRAY_RUNS)
+        before = self.count
+        self.runs = kept
+        self.count = sum((last - first) // step + 1 for first, last, step in kept)
+        return before - self.count
+
+    def take(self, task_id):
+        """Remove one id known to be the lowest (the next task to start), cheaply."""
+        run = self.runs[0]
+        if run[0] != task_id:
+            return self.remove(task_id)
+        if run[0] == run[1]:
+            del self.runs[0]
+        else:
+            run[0] += run[2]
+            if run[0] == run[1]:
+                run[2] = 1
+        self.count -= 1
+        return True
+
+    def spec(self):
+        return format_array_runs(self.runs)
+
+    def copy(self):
+        return ArrayTasks(self.runs)
+
+
+# Fields of a JobArray that are stored once (with its template) and those that change.
+ARRAY_FIELDS = ("id", "throttle", "spec", "task_count", "task_min", "task_max")
+ARRAY_PROGRESS = ("pending", "ended", "started")
+
+
+class JobArray:
+    """A job array while any of its tasks is to start or runs.
+
+    id: the array job id (no task has it), template: a PENDING Job every task is made from
+    (its output and error may hold %A, %a and %j), pending: the ids of the tasks not started
+    yet (ArrayTasks), throttle: the most tasks that may run at once (None: no limit), spec: the
+    task ids as submitted, task_count/task_min/task_max: of the whole array, ended: final
+    state -> how many tasks ended so (tasks cancelled before they started count as
+    CANCELLED), started: whether any task has started. A started task is a Job of its own with
+    array_job_id and array_task_id."""
+
+    __slots__ = ARRAY_FIELDS + ARRAY_PROGRESS + ("template",)
+
+    def __init__(self, id, template, pending, throttle=None, spec=None, task_count=None, task_min=None,
+                 task_max=None, ended=None, started=False):
+        self.id = id
+        self.template = template
+        self.pending = pending if isinstance(pending, ArrayTasks) else ArrayTasks(pending)
+        self.throttle = throttle
+        self.spec = spec if spec is not None else self.pending.spec()
+        self.task_count = task_count if task_count is not None else len(self.pending)
+        self.task_min = task_min if task_min is not None else self.pending.lowest
+        self.task_max = task_max if task_max is not None else self.pending.highest
+        self.ended = dict(ended or {})
+        self.started = bool(started)
+
+    def task(self, task_id, job_id):
+        """A new PENDING Job for task `task_id`, with its own job id; its output and error
+        still hold the template's %-patterns (the controller fills them in)."""
+        fields = self.template.to_dict()
+        fields.update(id=job_id, array_job_id=self.id, array_task_id=task_id, state=JobState.PENDING)
+        return Job(**fields)
+
+    def pending_spec(self):
+        """`5-1000` (with `%8` for a throttle), as `mgpu queue` shows the pending tasks."""
+        return format_array_runs(self.pending.runs, self.throttle)
+
+    def outcome(self):
+        """The state the array ended in, once no task is left: COMPLETED when every task
+        completed, else the first of FAILED, TIMEOUT, NODE_FAIL, CANCELLED that a task ended in."""
+        for state in (JobState.FAILED, JobState.TIMEOUT, JobState.NODE_FAIL, JobState.CANCELLED):
+            if self.ended.get(state):
+                return state
+        return JobState.COMPLETED
+
+    def record(self):
+        """What is stored once: the template's fields and the array's own."""
+        return {"template": self.template.to_dict(),
+                "array": {name: getattr(self, name) for name in ARRAY_FIELDS}}
+
+    def progress(self):
+        """What changes as tasks start and end."""
+        return {"pending": self.pending.runs, "ended": self.ended, "started": self.started}

@@ -35,6 +35,13 @@ When the link is lost every waiting client gets one error line, and what was que
 lost link's requests and streams is not sent to the next one. Frames for a request id this node
 does not follow are dropped.
 
+Its input (`srun -i`, `--pty`): when the master's reply grants the attach input, the client's
+thread also reads the client's input frames (checked as the master checks a local client's) and
+posts each as `relay_input`, at most protocol.RELAY_INPUT_WINDOW bytes and MAX_RELAY_INPUT_FRAMES
+frames ahead of the master's `relay_input_done`; while the window is full it reads nothing more
+from its client (whose own socket then holds it back), and output keeps flowing. A client that
+sends what is not an input frame gets one error line and its stream is cancelled.
+
 Jobs do not depend on this daemon: SIGTERM/SIGINT stop it, running jobs carry on under their
 supervisors, and the next start re-adopts them from their records.
 """
@@ -71,6 +78,7 @@ FRAME_COST = 1024             # what a frame counts for in that backlog, besides
 STREAM_IDLE_TIMEOUT = 90.0    # a relayed stream with no frame this long is over (the master sends
                               # one every 30 s; srun waits 120 s)
 CLIENT_POLL = 0.5             # a streaming client's thread looks this often whether it went away
+INPUT_READ_TIMEOUT = 5.0      # the rest of an input frame a client has begun to send
 
 
 def log(*lines):
@@ -503,6 +511,11 @@ class NodeDaemon:
                 self._to_stream(fields["request_id"], fields["reply"])
         elif type_ == "relay_frame":
             self._to_stream(fields["request_id"], fields["frame"])
+        elif type_ == "relay_input_done":
+            with self._relay_lock:
+                stream = self._streams.get(fields["request_id"])
+            if stream is not None:  # else: a stream this node no longer follows
+                stream.input_taken(fields["frames"], fields["bytes"])
         elif type_ == "job_input":
             self._job_input(fields)
         elif type_ == "kill":
@@ -585,15 +598,7 @@ class NodeDaemon:
         master with the identity the kernel gave, and its reply passed back. An attach streams
         the job and ends the connection, as on the master."""
         for type_, _, message in connection.requests():
-            if type_ == "submit" and message.get("stdin") == "pty":
-                connection.reply(protocol.error(errors.INVALID_ARGUMENT, "--pty is not available from a node's "
-                                                "host (%s): run it on the master's host" % self.name))
-                continue
-            if type_ == "submit" and "stdin" in message:
-                message = {k: v for k, v in message.items() if k != "stdin"}  # no input through a relay
             if type_ == "attach":
-                if message.get("input"):
-                    message = {k: v for k, v in message.items() if k != "input"}
                 self._relay_stream(connection, message, peer)
                 return
             try:
@@ -648,7 +653,7 @@ class NodeDaemon:
             waiting, self._relayed = list(self._relayed.values()), {}
             streams, self._streams = list(self._streams.values()), {}
             with self._outbox_lock:
-                kept = [m for m in self._outbox if m["type"] not in ("relay", "relay_cancel")]
+                kept = [m for m in self._outbox if m["type"] not in ("relay", "relay_cancel", "relay_input")]
                 self._outbox.clear()
                 self._outbox.extend(kept)
         for each in waiting:
@@ -660,8 +665,10 @@ class NodeDaemon:
 
     def _relay_stream(self, connection, request, peer):
         """A local client's attach: relayed, then its reply and the stream's frames passed on
-        until the `end` frame or an error. A client that goes away, or a stream that falls
-        silent, makes the master stop the stream (relay_cancel)."""
+        until the `end` frame or an error; when the master granted the attach input, the
+        client's input frames go to the master meanwhile (relay_input). A client that goes
+        away, sends what is not input, or a stream that falls silent, makes the master stop the
+        stream (relay_cancel)."""
         try:
             request_id, stream = self._open_stream(request, peer)
         except MgpuError as e:
@@ -670,11 +677,17 @@ class NodeDaemon:
         ended = False  # by the master (its end frame or an error) or by the link: nothing to cancel
         try:
             timeout = transport.REPLY_TIMEOUT
+            replied = False
             while True:
-                item = self._next_in_stream(connection, stream, timeout)
+                item = self._next_in_stream(connection, stream, timeout, request_id)
                 if item is None:
                     return  # the client went away (srun detached)
                 connection.send(item)
+                if not replied:  # the attach's reply: input granted?
+                    replied = True
+                    result = item.get("result")
+                    if request.get("input") and item.get("ok") and isinstance(result, dict) and result.get("input"):
+                        stream.accept_input()
                 timeout = STREAM_IDLE_TIMEOUT
                 if item.get("type") == "end" or item.get("ok") is False:
                     ended = True
@@ -699,20 +712,61 @@ class NodeDaemon:
             self._streams[request_id] = stream
         return request_id, stream
 
-    def _next_in_stream(self, connection, stream, timeout):
-        """The stream's next reply or frame; None when the client went away first; MgpuError
-        when nothing comes within `timeout`."""
+    def _next_in_stream(self, connection, stream, timeout, request_id=None):
+        """The stream's next reply or frame (relaying the client's input meanwhile, once it is
+        granted); None when the client went away first; MgpuError when nothing comes within
+        `timeout`, or when the client sent what is not input."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MgpuError(errors.TIMEOUT, "the master sent nothing about this job for %.0f s: stopped "
                                 "following it; the job itself is not affected (see 'mgpu queue')" % timeout)
+            if stream.takes_input():
+                stream.clear_wake()
+                item = stream.get(0)
+                if item is not None:
+                    return item
+                if not self._pass_input(connection, stream, request_id, min(left, CLIENT_POLL)):
+                    return None
+                continue
             item = stream.get(min(left, CLIENT_POLL))
             if item is not None:
                 return item
             if connection.peer_closed():
                 return None
+
+    def _pass_input(self, connection, stream, request_id, wait):
+        """Wait up to `wait` for the client's next input frame (while fewer than the window's
+        bytes and frames wait for the master's relay_input_done), the master's next item or
+        its answer; relay that input frame. False when the client went away. MgpuError (one
+        line for the client) when it sent what is not an input frame."""
+        if not stream.input_room():
+            select.select([stream.fileno()], [], [], wait)
+            return not (connection.peer_closed() or _hung_up(connection.sock))
+        if not connection.readable(0):
+            readable, _, _ = select.select([connection.sock, stream.fileno()], [], [], wait)
+            if connection.sock not in readable:
+                return True
+        try:
+            message = connection.read(INPUT_READ_TIMEOUT)
+        except MgpuError as e:
+            if e.code == errors.TIMEOUT:
+                return True  # the rest of the frame is on its way: what came stays buffered
+            raise
+        if message is None:
+            return False
+        frame = protocol.check_input(message)
+        if stream.input_sent(len(frame["data"] or b""), frame["eof"]):
+            fields = {"request_id": request_id}
+            if frame["data"]:
+                fields["data"] = frame["data"].decode("latin-1")
+            if frame["rows"] is not None:
+                fields.update(rows=frame["rows"], cols=frame["cols"])
+            if frame["eof"]:
+                fields["eof"] = True
+            self._post(protocol.node_message("relay_input", **fields))
+        return True
 
     def _close_stream(self, request_id, stream, cancel):
         """Forget a stream this node followed; tell the master to stop it when it may still
@@ -721,6 +775,7 @@ class NodeDaemon:
             current = self._streams.get(request_id) is stream
             if current:
                 del self._streams[request_id]
+        stream.close()
         if current and cancel:
             self._post(protocol.node_message("relay_cancel", request_id=request_id))
 
@@ -742,6 +797,17 @@ class NodeDaemon:
                                    "'mgpu queue')" % (MAX_STREAM_BACKLOG // 1024)), discard=True)
 
 
+def _hung_up(sock):
+    """Whether a local client has closed its connection although input it sent is still unread
+    there (peer_closed() sees that input first): POLLHUP, which a half-close does not raise."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP)
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 class _EndOfStream(Exception):
     pass
 
@@ -756,6 +822,75 @@ class _RelayedStream:
         self._size = 0
         self._failure = None
         self._ready = threading.Condition()
+        # Once the master granted input: a pipe that wakes the client's thread (waiting in
+        # select() on its client's socket too) for each item and answer, and the input relayed
+        # and taken so far, [frames, bytes].
+        self._wake_read = self._wake_write = None
+        self._sent = [0, 0]
+        self._taken = [0, 0]
+        self._input_over = False  # the client's input ended (eof): what follows is dropped
+        self._closed = False
+
+    def accept_input(self):
+        with self._ready:
+            if self._wake_read is None and not self._closed:
+                self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def takes_input(self):
+        return self._wake_read is not None
+
+    def fileno(self):
+        return self._wake_read
+
+    def _wake(self):
+        """(the lock held)"""
+        if self._wake_write is not None:
+            try:
+                os.write(self._wake_write, b"x")
+            except OSError:
+                pass  # full: a wake-up is pending already
+
+    def clear_wake(self):
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except OSError:
+            pass
+
+    def input_room(self):
+        """Whether another input frame may go to the master: fewer than the window's bytes (a
+        whole frame's worth) and frames wait for its relay_input_done."""
+        with self._ready:
+            return (self._sent[1] - self._taken[1] + protocol.MAX_INPUT_DATA <= protocol.RELAY_INPUT_WINDOW
+                    and self._sent[0] - self._taken[0] < protocol.MAX_RELAY_INPUT_FRAMES)
+
+    def input_sent(self, size, eof):
+        """Count an input frame of `size` bytes about to be relayed; False when the client's
+        input has ended already (the frame is dropped)."""
+        with self._ready:
+            if self._input_over:
+                return False
+            self._sent[0] += 1
+            self._sent[1] += size
+            self._input_over = eof
+            return True
+
+    def input_taken(self, frames, size):
+        """The master's relay_input_done (the link thread): frames and bytes taken so far (never
+        more than was sent, whatever it says)."""
+        with self._ready:
+            self._taken[0] = max(self._taken[0], min(frames, self._sent[0]))
+            self._taken[1] = max(self._taken[1], min(size, self._sent[1]))
+            self._wake()
+
+    def close(self):
+        """The client's thread is done with the stream: free the pipe."""
+        with self._ready:
+            self._closed = True
+            fds, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     @staticmethod
     def _cost(item):
@@ -771,6 +906,7 @@ class _RelayedStream:
             self._items.append(item)
             self._size += cost
             self._ready.notify()
+            self._wake()
         return True
 
     def fail(self, reply, discard=False):
@@ -781,6 +917,7 @@ class _RelayedStream:
                 self._items.clear()
                 self._size = 0
             self._ready.notify()
+            self._wake()
 
     def get(self, timeout):
         """The next item (the failure once nothing else is queued), or None after `timeout`."""

@@ -2,7 +2,7 @@
 
 Owns: what the master may ask of a node (describe itself, start, signal and release a job,
 re-adopt jobs after a restart, open a job's output), and the streams the master sends back
-through a remote node for its local clients (relayed `srun -i`). The master's own host is a
+through a remote node for its local clients (relayed `srun -i`), with their input. The master's own host is a
 LocalNodeLink to an in-process NodeAgent; a remote host gets the same interface over TLS
 (RemoteNodeLink), so the controller and the master treat both alike. Must not: decide anything.
 """
@@ -352,6 +352,20 @@ class RemoteNodeLink(NodeLink):
             if stream is not None:
                 stream.cancelled = True
                 self._room.notify_all()
+        if stream is not None:
+            stream.wake_input()
+
+    def relay_input(self, fields):
+        """The node's relay_input (its reader thread): its client's input frame, for the stream's
+        thread to pass on. Input for a request id without an open stream, or for a stream not
+        granted input, is ignored; input beyond the window ends the stream's input (see
+        RelayStream.put_input)."""
+        with self._outbox_lock:
+            stream = None if self.closed else self._streams.get(fields["request_id"])
+        if stream is not None and not stream.put_input(fields):
+            self.log("node %s: more input for stream %d than the window allows (%d bytes, %d frames): "
+                     "its input is ended" % (self.name, stream.request_id, protocol.RELAY_INPUT_WINDOW,
+                                             protocol.MAX_RELAY_INPUT_FRAMES))
 
     def send_frame(self, stream, frame):
         """Queue one frame of a relayed stream, waiting while the outbox is full (see
@@ -394,6 +408,9 @@ class RemoteNodeLink(NodeLink):
             self.connection.close()
             with self._outbox_lock:
                 self._room.notify_all()
+                streams = list(self._streams.values())
+            for stream in streams:
+                stream.wake_input()
             with self._reads_lock:
                 waiting = list(self._reads.values())
             for each in waiting:
@@ -412,13 +429,89 @@ class RemoteNodeLink(NodeLink):
 class RelayStream:
     """The master's end of one relayed attach, connection-like for Master._stream: send(frame)
     goes to the node as a relay_frame for this request (flow-controlled by the link), and
-    peer_closed() is true once the node cancelled the stream or the link ended."""
+    peer_closed() is true once the node cancelled the stream or the link ended. Once granted
+    input (accept_input()), readable(timeout) and read(timeout) give the client's input frames
+    as a local client's connection does: each one the node relayed (relay_input), answered with
+    relay_input_done as it is taken; at most protocol.RELAY_INPUT_WINDOW bytes and
+    MAX_RELAY_INPUT_FRAMES frames wait here."""
 
     def __init__(self, link, request_id):
         self.link = link
         self.request_id = request_id
         self.cancelled = False
         self.given_up = None  # why the master gave the stream up (one phrase), or None
+        self._input = None    # a deque of input frames once input is granted, else None
+        self._input_bytes = 0
+        self._taken = [0, 0]  # frames and bytes taken so far (what relay_input_done says)
+        self._overflow = False
+        self._arrived = threading.Condition()
+
+    def accept_input(self):
+        """Input is granted to this stream: relay_input for it is queued from now on."""
+        with self._arrived:
+            if self._input is None:
+                self._input = collections.deque()
+
+    def put_input(self, fields):
+        """Queue a relay_input's frame (the link's reader thread); False when it goes beyond the
+        window (the stream's input then ends with an error). Ignored without accept_input()."""
+        size = len(fields.get("data") or b"")
+        with self._arrived:
+            if self._input is None or self._overflow or self.peer_closed():
+                return True
+            if (self._input_bytes + size > protocol.RELAY_INPUT_WINDOW
+                    or len(self._input) >= protocol.MAX_RELAY_INPUT_FRAMES):
+                self._overflow = True
+                self._input.clear()
+                self._input_bytes = 0
+                self._arrived.notify_all()
+                return False
+            self._input.append(fields)
+            self._input_bytes += size
+            self._arrived.notify_all()
+        return True
+
+    def wake_input(self):
+        """The stream has ended (cancelled, or its link closed): a thread waiting for input
+        looks again at once."""
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def readable(self, timeout):
+        """True when an input frame is queued, or the stream's input is over (read() says how),
+        now or within `timeout` seconds."""
+        with self._arrived:
+            if not self._ready():
+                self._arrived.wait(max(0.0, timeout))
+            return self._ready()
+
+    def _ready(self):
+        return bool(self._input) or self._overflow or self.peer_closed()
+
+    def read(self, timeout):
+        """The next input frame as a client's connection gives it (protocol.check_input reads
+        it); None once the stream has ended and nothing is queued. MgpuError(TIMEOUT) when none
+        comes within `timeout`; MgpuError(BAD_REQUEST) after the node sent beyond the window."""
+        with self._arrived:
+            if not self._ready():
+                self._arrived.wait(max(0.0, timeout))
+            if self._overflow:
+                raise MgpuError(errors.BAD_REQUEST, "node %s sent more input than its window allows (%d bytes, "
+                                "%d frames): the job's input is ended"
+                                % (self.link.name, protocol.RELAY_INPUT_WINDOW, protocol.MAX_RELAY_INPUT_FRAMES))
+            if not self._input:
+                if self.peer_closed():
+                    return None
+                raise MgpuError(errors.TIMEOUT, "no input within %.0f s" % timeout)
+            fields = self._input.popleft()
+            size = len(fields.get("data") or b"")
+            self._input_bytes -= size
+            self._taken[0] += 1
+            self._taken[1] += size
+            frames, taken = self._taken
+        self.link._send("relay_input_done", request_id=self.request_id, frames=frames, bytes=taken)
+        return protocol.input_frame(fields.get("data"), bool(fields.get("eof")), fields.get("rows"),
+                                    fields.get("cols"))
 
     def reply(self, message):
         """The attach's answer, before any frame."""

@@ -47,6 +47,14 @@ string in them free of NUL, and every number and size within its limit:
     dependency                 at most MAX_DEPENDENCIES [type, job id] pairs: a type of
                                DEPENDENCY_TYPES, an id 1 .. MAX_JOB_ID (known to the master,
                                and satisfiable: the controller)
+    array                      a job array's task ids: at most MAX_ARRAY_RUNS runs [first,
+                               last, step], sorted, not overlapping, ids 0 ..
+                               MAX_ARRAY_TASK_ID, at most MAX_ARRAY_TASKS in all
+                               (model.check_array_runs)
+    array_throttle             1 .. MAX_ARRAY_TASKS (tasks of the array running at once)
+    cancel tasks               at most MAX_CANCEL_IDS [array job id, runs] pairs (runs as
+                               for array)
+    show array_task_id         0 .. MAX_ARRAY_TASK_ID (a task of the array job_id)
 
 Owns: encoding, decoding and field validation of every message. Must not: touch sockets.
 """
@@ -55,8 +63,8 @@ import json
 
 from . import errors
 from .errors import MgpuError
-from .model import (DEPENDENCY_TYPES, MAX_DEPENDENCIES, MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY, MAX_SIGNAL,
-                    MAX_SECONDS, is_signal)
+from .model import (DEPENDENCY_TYPES, MAX_ARRAY_TASK_ID, MAX_ARRAY_TASKS, MAX_DEPENDENCIES, MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY, MAX_SIGNAL,
+                    MAX_SECONDS, check_array_runs, is_signal)
 
 VERSION = 1
 MAX_FRAME = 1 << 20   # bytes, newline included: the most a daemon reads in one frame
@@ -221,14 +229,15 @@ REQUESTS = {
         "interactive": ((bool,), False), "stdin": (_OPT_STR, False), "nodelist": ((list, type(None)), False),
         "exclude": ((list, type(None)), False), "nnodes": (_INT, False),
         "node_gpu_ids": ((list, type(None)), False), "distributed": ((bool,), False), "mpi": ((bool,), False),
-        "dependency": ((list, type(None)), False),
+        "dependency": ((list, type(None)), False), "array": ((list, type(None)), False),
+        "array_throttle": (_OPT_INT, False),
     },
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False),
               "ids": ((list, type(None)), False), "mine": ((bool,), False)},
     "history": {"user": (_OPT_STR, False), "mine": ((bool,), False), "state": (_OPT_STR, False),
                 "ids": ((list, type(None)), False), "since": (_OPT_INT, False), "limit": (_OPT_INT, False)},
-    "show": {"job_id": (_INT, True)},
-    "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False)},
+    "show": {"job_id": (_INT, True), "array_task_id": (_OPT_INT, False)},
+    "cancel": {"ids": ((list,), False), "user": (_OPT_STR, False), "tasks": ((list,), False)},
     "attach": {"job_id": (_INT, True), "label": ((bool,), False), "input": ((bool,), False),
                "follow": ((bool,), False), "stream": (_OPT_STR, False)},
     "drain": {"node": (_STR, True), "reason": (_OPT_STR, False)},
@@ -248,6 +257,8 @@ INT_RANGES = {
     "nnodes": (1, MAX_JOB_HOSTS),
     "since": (0, MAX_TIME),
     "limit": (1, MAX_HISTORY_LIMIT),
+    "array_throttle": (1, MAX_ARRAY_TASKS),
+    "array_task_id": (0, MAX_ARRAY_TASK_ID),
 }
 
 # String fields: name -> (most, unit): characters ("chars") or UTF-8 bytes ("bytes").
@@ -351,6 +362,17 @@ def _check_cancel(fields):
         _bad("cancel", "ids must be job numbers")
     if not all(1 <= i <= MAX_JOB_ID for i in ids):
         _invalid("cancel", "job ids go from 1 to %d" % MAX_JOB_ID)
+    tasks = fields.get("tasks", ())
+    if len(tasks) > MAX_CANCEL_IDS:
+        _invalid("cancel", "at most %d array tasks at once" % MAX_CANCEL_IDS)
+    for pair in tasks:
+        if not (isinstance(pair, list) and len(pair) == 2 and _is_int(pair[0]) and isinstance(pair[1], list)):
+            _bad("cancel", "tasks must be [array job id, [[first, last, step], ...]] pairs")
+        if not 1 <= pair[0] <= MAX_JOB_ID:
+            _invalid("cancel", "job ids go from 1 to %d" % MAX_JOB_ID)
+        why = check_array_runs(pair[1])
+        if why is not None or not pair[1]:
+            _invalid("cancel", why or "tasks: name at least one task id")
 
 
 def _check_ids_named(type_, ids):
@@ -432,6 +454,13 @@ def _check_submit(fields):
                          % (_show(pair[0]), ", ".join(DEPENDENCY_TYPES)))
             if not 1 <= pair[1] <= MAX_JOB_ID:
                 _invalid("submit", "dependency: job ids go from 1 to %d" % MAX_JOB_ID)
+    runs = fields.get("array")
+    if runs is not None:
+        why = check_array_runs(runs)
+        if why is not None or not runs:
+            _invalid("submit", why or "array: give at least one task id")
+    elif fields.get("array_throttle") is not None:
+        _invalid("submit", "array_throttle limits the tasks of an array: give array too")
     for name in ("nodelist", "exclude"):
         names = fields.get(name)
         if names is None:
@@ -539,6 +568,15 @@ def _check_window(type_, rows, cols):
 # cannot keep up, or hears nothing of the stream for too long; the master ends that stream. At most MAX_RELAY_STREAMS are open per link
 # (a further attach gets one error line); frames or cancels for a request id that has no open
 # stream are ignored, and every stream of a link ends with the link.
+# When the master granted a relayed attach input (its reply's result says `input: true`), the
+# node passes its client's input frames on as `relay_input` (the limits of an input frame: data
+# at most MAX_INPUT_DATA bytes, rows and cols 1 .. MAX_WINDOW, both or neither, eof true or
+# absent), and the master treats them as a local client's input. The master answers each frame
+# it has taken with `relay_input_done` (cumulative frames and bytes of that stream taken so far);
+# the node keeps at most RELAY_INPUT_WINDOW bytes and MAX_RELAY_INPUT_FRAMES frames unanswered
+# and reads no more from its client meanwhile. Input beyond that window ends the stream (one
+# error line); input for a request id without an open stream, or for a stream not granted
+# input, is ignored, as are answers for a request id the node does not follow.
 
 MAX_NODE_FRAME = 4 << 20   # a launch carries a job's environment and command
 # MAX_NODE_NAME (above, with the request limits): characters of a node name.
@@ -547,6 +585,8 @@ MAX_ATTEMPTS_REPORTED = 100_000
 MAX_OUTPUT_READ = 256 * 1024  # bytes of a job's output in one output_read / output_data
 MAX_RELAY_STREAMS = 256       # relayed attach streams open at once on one node link
 INPUT_WINDOW = 256 * 1024     # bytes of job_input the master sends ahead of the node's job_input_done
+RELAY_INPUT_WINDOW = 256 * 1024  # bytes of relay_input a node sends ahead of the master's relay_input_done
+MAX_RELAY_INPUT_FRAMES = 128     # ... and relay_input frames
 PHASES = ("intent", "launched", "started", "exited")
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -590,6 +630,9 @@ NODE_MESSAGES = {
     "output_data": {"request_id": (_JOB_ID, True), "data": (("str", MAX_OUTPUT_READ), True),
                     "state": (("str", 16), True)},
     "relay_cancel": {"request_id": (_JOB_ID, True)},
+    "relay_input": {"request_id": (_JOB_ID, True), "data": (("latin1", MAX_INPUT_DATA), False),
+                    "eof": (("bool",), False), "rows": (("int", 1, MAX_WINDOW), False),
+                    "cols": (("int", 1, MAX_WINDOW), False)},
     "job_port": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "port": (("int", 1, 65535), True)},
     # master -> node
     "output_read": {"request_id": (_JOB_ID, True), "path": (("str", MAX_PATH), True),
@@ -597,6 +640,8 @@ NODE_MESSAGES = {
                     "max_bytes": (("int", 1, MAX_OUTPUT_READ), True)},
     "relay_reply": {"request_id": (_JOB_ID, True), "reply": (("obj", None), True)},
     "relay_frame": {"request_id": (_JOB_ID, True), "frame": (("obj", None), True)},
+    "relay_input_done": {"request_id": (_JOB_ID, True), "frames": (("int", 0, 1 << 62), True),
+                         "bytes": (("int", 0, 1 << 62), True)},
     "launch": {"job": (("obj", None), True), "env": (("map", MAX_ENV_ENTRIES, ("str", MAX_COMMAND_BYTES)), True),
                "choose_port": (("bool",), False)},
     "signal": {"job_id": (_JOB_ID, True), "attempt": (_ATTEMPT, True), "signum": (("int", 1, MAX_SIGNAL), True)},
@@ -610,9 +655,10 @@ NODE_MESSAGES = {
                        "closed": (("bool",), False)},
 }
 NODE_TO_MASTER = frozenset(("node_register", "node_heartbeat", "job_started", "job_exited", "job_lost",
-                            "job_port", "relay", "relay_cancel", "output_data", "job_input_done"))
+                            "job_port", "relay", "relay_cancel", "relay_input", "output_data",
+                            "job_input_done"))
 MASTER_TO_NODE = frozenset(("launch", "signal", "release", "kill", "relay_reply", "relay_frame",
-                            "output_read", "job_input"))
+                            "relay_input_done", "output_read", "job_input"))
 OUTPUT_STATES = ("ok", "missing", "refused")  # output_data: read, no such file yet, not readable
 
 
@@ -642,8 +688,10 @@ def check_node_message(message, allowed):
             _bad(type_, "unknown attempt phase")
         if fields.get("submit_only") and fields["gpus"]:
             _bad(type_, "a submit-only node registers no GPUs")
-    elif type_ == "job_input":
+    elif type_ in ("job_input", "relay_input"):
         _check_window(type_, fields.get("rows"), fields.get("cols"))
+        if type_ == "relay_input" and fields.get("eof") is False:
+            _bad(type_, "eof is true or absent")
     return type_, fields
 
 

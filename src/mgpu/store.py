@@ -13,6 +13,12 @@ each batch of events once and only then replies or launches. A record that canno
 state written by a faulty version, a damaged row) is moved to the `set_aside` table with its
 reason, so the master always starts.
 
+A job array lives in the `arrays` table while a task of it is to start or runs: its record (the
+template of its tasks and the array's own fields, written once) and its progress (the task ids
+not started yet, how many tasks ended how, whether one started), rewritten as tasks start and
+end. Its environment is stored under the array's id; a task that starts gets a copy of it, in
+the transaction that records the start, and the array's is deleted with the array's record.
+
 Drained nodes (`mgpu drain`) live in the meta table as `drained:NAME` -> reason, so a drain
 outlasts a restart of the master and of the node. Nodes on other hosts that have joined live
 there as `node:NAME` -> {gpus, address, submit_only}: after a restart the master knows them (for
@@ -25,7 +31,8 @@ import sqlite3
 import time
 from urllib.parse import quote
 
-from .model import DEPENDENCY_TYPES, MAX_DEPENDENCIES, Job, JobState
+from .model import (ARRAY_FIELDS, DEPENDENCY_TYPES, MAX_ARRAY_TASKS, MAX_DEPENDENCIES, ArrayTasks, Job, JobArray,
+                    JobState, check_array_runs)
 
 SCHEMA_VERSION = 1
 DRAINED_PREFIX = "drained:"   # meta keys of drained nodes: drained:NAME -> reason
@@ -40,6 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, state TEXT NOT NULL, re
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS job_env (id INTEGER PRIMARY KEY, env TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS set_aside (id INTEGER, state TEXT, record TEXT, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS arrays (id INTEGER PRIMARY KEY, record TEXT NOT NULL, progress TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS transitions (
     job_id INTEGER NOT NULL, time REAL NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL,
     reason TEXT NOT NULL, cause TEXT NOT NULL);
@@ -77,7 +85,7 @@ def _check_value(value, depth=0):
 # Fields that must be whole numbers (or null) in a loaded record.
 _INT_FIELDS = ("id", "uid", "gid", "gpus", "mem_mb", "time_limit", "priority", "warn_signal",
                "warn_seconds", "queue_seq", "exit_code", "attempt", "restarts", "sup_pid", "sup_start",
-               "pgid", "umask")
+               "pgid", "umask", "array_job_id", "array_task_id")
 _NUMBER_FIELDS = ("submit_time", "start_time", "end_time", "stop_deadline")
 
 
@@ -111,6 +119,37 @@ def _load_job(record):
     if not job.command or not isinstance(job.user, str) or not isinstance(job.uid, int):
         raise ValueError("no command or owner")
     return job
+
+
+def _load_array(array_id, record, progress):
+    """A JobArray from its stored record and progress; ValueError (or another exception) when
+    they are not one."""
+    record, progress = json.loads(record), json.loads(progress)
+    if not (isinstance(record, dict) and isinstance(progress, dict)):
+        raise ValueError("not JSON objects")
+    fields = record.get("array")
+    if not isinstance(fields, dict):
+        raise ValueError("no array fields")
+    template = _load_job(_encode(record.get("template")))
+    if template.id != array_id or fields.get("id") != array_id:
+        raise ValueError("its id differs from the row's")
+    for name in ARRAY_FIELDS:
+        value = fields.get(name)
+        if name == "spec":
+            if not isinstance(value, str):
+                raise ValueError("spec is not text")
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError("%s is not a whole number" % name)
+    why = check_array_runs(progress.get("pending"))
+    if why is not None:
+        raise ValueError(why)
+    ended = progress.get("ended")
+    if not (isinstance(ended, dict) and all(state in JobState.FINAL and isinstance(n, int) and not isinstance(n, bool)
+                                            and 0 <= n <= MAX_ARRAY_TASKS for state, n in ended.items())):
+        raise ValueError("ended is not {final state: count}")
+    return JobArray(array_id, template, ArrayTasks(progress["pending"]), fields.get("throttle") or None,
+                    fields["spec"], fields.get("task_count"), fields.get("task_min"), fields.get("task_max"),
+                    ended, progress.get("started") is True)
 
 
 class Store:
@@ -157,7 +196,8 @@ class Store:
         # Environments of ended jobs (left by an older version) are users' secrets: gone.
         self.db.execute("DELETE FROM job_env WHERE id IN (SELECT id FROM jobs WHERE state IN (%s))"
                         % ",".join("?" * len(_FINAL)), _FINAL)
-        max_id = self.db.execute("SELECT MAX(id) FROM (SELECT id FROM jobs UNION ALL SELECT id FROM set_aside)"
+        max_id = self.db.execute("SELECT MAX(id) FROM (SELECT id FROM jobs UNION ALL SELECT id FROM set_aside "
+                                 "UNION ALL SELECT id FROM arrays)"
                                  ).fetchone()[0] or 0  # a set-aside job's id is never given again
         next_id = max(int(self._meta("next_job_id") or 1), max_id + 1)
         max_seq = max((job.queue_seq or 0 for job in active), default=0)
@@ -185,10 +225,33 @@ class Store:
             jobs.append(job)
         return jobs
 
-    def write(self, jobs, envs, transitions, next_id, next_seq, drained=None, nodes=None):
+    def load_arrays(self):
+        """The job arrays with tasks to start or running. A row that cannot be loaded is moved to
+        set_aside (state ARRAY); `self.set_aside` says which and why."""
+        arrays = []
+        for array_id, record, progress in self.db.execute("SELECT id, record, progress FROM arrays ORDER BY id").fetchall():
+            try:
+                arrays.append(_load_array(array_id, record, progress))
+            except Exception as e:
+                reason = "%s: %s" % (type(e).__name__, e)
+                self.db.execute("BEGIN")
+                self.db.execute("INSERT INTO set_aside (id, state, record, reason) VALUES (?, 'ARRAY', ?, ?)",
+                                (array_id, _encode([record, progress]), reason))
+                self.db.execute("DELETE FROM arrays WHERE id = ?", (array_id,))
+                self.db.execute("DELETE FROM job_env WHERE id = ?", (array_id,))
+                self.db.execute("COMMIT")
+                self.set_aside.append("job array %s: its stored record cannot be loaded (%s); set aside in the "
+                                      "table set_aside of %s" % (array_id, reason[:200], self.path))
+        return arrays
+
+    def write(self, jobs, envs, transitions, next_id, next_seq, drained=None, nodes=None, arrays=None,
+              env_copies=None):
         """One durable transaction: changed jobs, new environments, recorded transitions,
         counters (not written when None), drained nodes ({name: reason, or None when resumed}),
-        remote nodes ({name: their record}); the environments of jobs that ended are deleted. StoreError when it cannot be written
+        remote nodes ({name: their record}); the environments of jobs that ended are deleted.
+        arrays: [(JobArray, whole, done)]: its record and progress (whole), its progress only, or
+        its deletion with its environment (done); env_copies: [(task job id, array id)]: a new
+        task's environment, copied from its array's. StoreError when it cannot be written
         (a full disk): nothing of it is then stored."""
         db = self.db
         try:
@@ -199,9 +262,21 @@ class Store:
             if envs:
                 db.executemany("INSERT OR REPLACE INTO job_env (id, env) VALUES (?, ?)",
                                [(job_id, _encode(env)) for job_id, env in envs])
+            if env_copies:
+                db.executemany("INSERT OR REPLACE INTO job_env (id, env) SELECT ?, env FROM job_env WHERE id = ?",
+                               env_copies)
             ended = [(job.id,) for job in jobs if job.state in JobState.FINAL]
             if ended:
                 db.executemany("DELETE FROM job_env WHERE id = ?", ended)
+            for array, whole, done in arrays or ():
+                if done:
+                    db.execute("DELETE FROM arrays WHERE id = ?", (array.id,))
+                    db.execute("DELETE FROM job_env WHERE id = ?", (array.id,))
+                elif whole:
+                    db.execute("INSERT OR REPLACE INTO arrays (id, record, progress) VALUES (?, ?, ?)",
+                               (array.id, _encode(array.record()), _encode(array.progress())))
+                else:
+                    db.execute("UPDATE arrays SET progress = ? WHERE id = ?", (_encode(array.progress()), array.id))
             if transitions:
                 db.executemany("INSERT INTO transitions VALUES (?, ?, ?, ?, ?, ?)",
                                [(t.job_id, t.time, t.old, t.new, t.reason, t.cause) for t in transitions])
@@ -309,9 +384,10 @@ class HistoryReader:
             return [], False
         sql = ["SELECT id, state, record FROM jobs NOT INDEXED WHERE state IN (%s)" % ",".join("?" * len(wanted))]
         args = list(wanted)
-        if ids is not None:
-            sql.append("AND id IN (SELECT value FROM json_each(?))")
-            args.append(_encode(sorted(set(ids))))
+        if ids is not None:  # a job array's id names its tasks
+            sql.append("AND (id IN (SELECT value FROM json_each(?)) OR json_extract(record, '$.array_job_id') IN "
+                       "(SELECT value FROM json_each(?)))")
+            args.extend([_encode(sorted(set(ids)))] * 2)
         if user is not None:
             sql.append("AND json_extract(record, '$.user') = ?")
             args.append(user)

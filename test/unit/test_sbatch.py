@@ -218,11 +218,17 @@ def test_signal_and_requeue(tmp_path, home):
     assert "--requeue" not in argv
 
 
-@pytest.mark.parametrize("path", ["out-%N.log", "%A_%a.out", "100%%.log"])
+@pytest.mark.parametrize("path", ["out-%N.log", "100%%.log"])
 def test_output_patterns_mgpu_does_not_fill_in_are_refused(tmp_path, home, path):
-    with pytest.raises(SbatchError, match=r"line 2: --output=.*: mgpu fills in %j \(job id\), %u \(user\) "
-                                          r"and %x \(job name\) only"):
+    with pytest.raises(SbatchError, match=r"line 2: --output=.*: mgpu fills in %j \(job id\), %u \(user\), "
+                                          r"%x \(job name\), %A \(array job id\) and %a \(array task id\) only"):
         srun_argv(tmp_path, home, "#!/bin/sh\n#SBATCH --output=%s\ntrue\n" % path)
+
+
+def test_array_output_patterns_are_passed_on(tmp_path, home):
+    argv, _ = srun_argv(tmp_path, home, "#!/bin/sh\n#SBATCH --array=1-3\n#SBATCH --output=%A_%a.out\ntrue\n",
+                        srun_options=WITH_ALL)
+    assert "--array=1-3" in argv and "--output=%A_%a.out" in argv
 
 
 def test_arrays_and_dependencies_follow_what_srun_has(tmp_path, home):

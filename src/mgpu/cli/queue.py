@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   mgpu queue --user alice --state PENDING
   mgpu queue --me               only your jobs
   mgpu queue -j 42,43           these jobs, also when they have finished
+  mgpu queue -j 12              job array 12: 12_[5-1000%8] (tasks not started), 12_4 (one task)
   mgpu queue --json | jq '.jobs[] | select(.state == "RUNNING") | .id'
 """
 

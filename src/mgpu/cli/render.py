@@ -48,6 +48,25 @@ def table(headers, rows):
     return "\n".join(lines)
 
 
+MAX_ARRAY_LABEL = 40  # characters of the task ids shown in a pending array's JOBID cell
+
+
+def job_label(job):
+    """The JOBID cell: `42`, `12_7` for a task of job array 12, `12_[5-1000%8]` for the tasks of
+    array 12 that have not started (with its throttle)."""
+    array_id = job.get("array_job_id")
+    if array_id is None:
+        return str(job["id"])
+    if job.get("array_task_id") is not None:
+        return "%s_%s" % (array_id, job["array_task_id"])
+    tasks = str(job.get("array_tasks") or "")
+    if len(tasks) > MAX_ARRAY_LABEL:
+        tasks = tasks[:MAX_ARRAY_LABEL - 3] + "..."
+    if job.get("array_throttle"):
+        tasks += "%%%s" % job["array_throttle"]
+    return "%s_[%s]" % (array_id, tasks)
+
+
 def gpus_cell(job):
     hosts = job.get("nnodes") or 1
     if hosts > 1:  # N hosts x G GPUs; which ones: in the NODE:GPUS cell
@@ -89,7 +108,7 @@ def jobs_table(jobs, now, show_exit):
     headers += ["NAME", "NODE:GPUS (REASON)"]
     rows = []
     for job in jobs:
-        row = [str(job["id"]), text(job["user"]), text(job["state"]), str(job["priority"]), gpus_cell(job),
+        row = [job_label(job), text(job["user"]), text(job["state"]), str(job["priority"]), gpus_cell(job),
                clock(job.get("start_time"), now), elapsed(job, now), format_duration(job["time_limit"]),
                str(job.get("restarts") or 0)]
         if show_exit:
@@ -190,7 +209,7 @@ def history_table(jobs, now):
                "NODE:GPUS"]
     rows = []
     for job in jobs:
-        rows.append([str(job["id"]), text(job["user"]), _name_cell(job), text(job["state"]),
+        rows.append([job_label(job), text(job["user"]), _name_cell(job), text(job["state"]),
                      "" if job["exit_code"] is None else str(job["exit_code"]), clock(job["submit_time"], now),
                      clock(job["start_time"], now), clock(job["end_time"], now),
                      elapsed(job, now) if job["start_time"] is not None else "-", gpus_cell(job), placement(job)])
@@ -226,6 +245,17 @@ def job_detail(job, now):
     exclude = ",".join(text(n) for n in job.get("exclude") or ()) or "None"
     lines = [
         "JobId=%d JobName=%s" % (job["id"], text(job.get("name") or os.path.basename(str(job["command"][0])))),
+    ]
+    if job.get("array_job_id") is not None:
+        if job.get("array_task_id") is not None and job["id"] != job["array_job_id"]:
+            lines.append("ArrayJobId=%s ArrayTaskId=%s" % (job["array_job_id"], job["array_task_id"]))
+        elif job.get("array_task_id") is not None:
+            lines.append("ArrayJobId=%s ArrayTaskId=%s (not started yet)" % (job["array_job_id"], job["array_task_id"]))
+        else:
+            lines.append("ArrayJobId=%s ArrayTaskId=%s Tasks=%s NotStarted=%s" % (
+                job["array_job_id"], text(job_label(job).partition("_")[2]), job.get("array_task_count"),
+                job.get("array_pending")))
+    lines += [
         "UserId=%s(%s)" % (text(job["user"]), job.get("uid")),
         "JobState=%s Reason=%s" % (text(state), text(job.get("reason") or "None")),
         "ExitCode=%s RestartCnt=%d Attempt=%s Requeue=%d" % (

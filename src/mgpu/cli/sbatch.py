@@ -49,8 +49,9 @@ options (Slurm's names):
                                DAYS-HOURS, DAYS-HOURS:MINUTES, DAYS-HOURS:MINUTES:SECONDS;
                                0 or UNLIMITED for none
   -J, --job-name=NAME          job name (default: the script's file name)
-  -o, --output=PATH            output file; %j job id, %u user, %x job name
-                               (default ~/.mgpu/logs/%j.out)
+  -o, --output=PATH            output file; %j job id, %u user, %x job name, %A array
+                               job id, %a array task id (default ~/.mgpu/logs/%j.out,
+                               for an array ~/.mgpu/logs/%A_%a.out)
   -e, --error=PATH             separate file for stderr (default: with the output)
   -D, --chdir=DIR              working directory (default: the current one)
   --mem-per-gpu=SIZE           GPU memory per GPU (MB, or with a K, M, G or T suffix); a GPU
@@ -62,7 +63,9 @@ options (Slurm's names):
   --priority=P                 higher runs first
   -d, --dependency=LIST        start after other jobs: afterok:ID[:ID...], afternotok:,
                                afterany:, after: (as 'mgpu srun --dependency')
-  -a, --array=LIST             as 'mgpu srun --array', where this mgpu has it
+  -a, --array=LIST             a job array: 1-100, 0-30:3, 1,4,9, 1-1000%8 (at most 8
+                               running at once); each task runs the script with
+                               MGPU_ARRAY_TASK_ID set (as 'mgpu srun --array')
   --parsable                   print only the job id
 options (mgpu's own, best in #MGPU lines):
   --gpu-ids=LIST, --node-gpu-ids=SPEC, --distributed, --mpi, --env-setup-cmd=CMD
@@ -87,6 +90,7 @@ examples:
   mgpu sbatch train.sh --epochs 10        submit it; ARGS go to the script
   mgpu sbatch -J short --time=30 train.sh the command line wins: 30 minutes
   mgpu sbatch --parsable train.sh         print only the job id
+  mgpu sbatch --array=1-10%2 sweep.sh     10 tasks, at most 2 at once
 """
 
 NOT_A_SCRIPT = ("This does not look like a batch script. The first line must start with #! "
@@ -288,9 +292,9 @@ _PATH_PATTERN = re.compile(r"%(.?)", re.DOTALL)
 def convert_path(srun_option):
     def convert(value, warn):
         for letter in _PATH_PATTERN.findall(value):
-            if letter not in ("j", "u", "x", "r"):
-                raise ValueError("%s=%s: mgpu fills in %%j (job id), %%u (user) and %%x (job name) only"
-                                 % (srun_option, shown(value)))
+            if letter not in ("j", "u", "x", "r", "A", "a"):
+                raise ValueError("%s=%s: mgpu fills in %%j (job id), %%u (user), %%x (job name), %%A (array "
+                                 "job id) and %%a (array task id) only" % (srun_option, shown(value)))
         return {srun_option: value}
     return convert
 

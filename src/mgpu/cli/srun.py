@@ -8,8 +8,8 @@ from mgpu import bundle, errors
 from mgpu.cli.common import Parser
 from mgpu.client import Client
 from mgpu.errors import MgpuError
-from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_dependency, parse_duration, parse_gpu_ids,
-                        parse_int, parse_signal_spec)
+from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_array_spec, parse_dependency, parse_duration,
+                        parse_gpu_ids, parse_int, parse_signal_spec)
 from mgpu.protocol import MAX_JOB_HOSTS, MAX_NODE_NAME, MAX_NODES_NAMED, valid_node_name
 
 STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
@@ -17,7 +17,11 @@ STREAM_READ_TIMEOUT = 120.0  # the master sends a frame at least every 30 s
 DESCRIPTION = """Submit COMMAND as a job. It runs as you, in --chdir (default: here), with your
 current environment plus CUDA_VISIBLE_DEVICES set to the GPUs it was granted (inside the job
 they are cuda:0..N-1), CUDA_DEVICE_ORDER=PCI_BUS_ID, MGPU_JOB_ID, MGPU_GPU_IDS, and
-MGPU_JOB_END_TIME when it has a time limit. Without -i it prints 'Submitted job N' and returns."""
+MGPU_JOB_END_TIME when it has a time limit. Without -i it prints 'Submitted job N' and returns.
+With --array it submits a job array: one task per task id, each a job of its own once it starts
+(shown N_T), with MGPU_ARRAY_JOB_ID, MGPU_ARRAY_TASK_ID, MGPU_ARRAY_TASK_COUNT,
+MGPU_ARRAY_TASK_MIN and MGPU_ARRAY_TASK_MAX set; %A (array id) and %a (task id) work in
+--output and --error (default ~/.mgpu/logs/%A_%a.out)."""
 
 EXAMPLES = """examples:
   mgpu srun -- python train.py                          1 GPU, output in ~/.mgpu/logs/N.out
@@ -38,6 +42,11 @@ EXAMPLES = """examples:
   mgpu srun --dependency afterok:41 -- python eval.py    starts once job 41 has COMPLETED
   mgpu srun -d afterany:41:42 -- ./cleanup.sh            once jobs 41 and 42 have ended, in any state
   mgpu srun -d afternotok:41,after:43 -- ./report.sh     once 41 has failed and 43 has started
+  mgpu srun --array 1-1000%8 -o sweep-%A_%a.out -- python sweep.py
+                                                         1000 tasks, at most 8 running at once
+  mgpu srun -a 0-30:3 -- sh -c 'python run.py --seed $MGPU_ARRAY_TASK_ID'   tasks 0, 3, ..., 30
+  mgpu srun --array 1,4,9 --gpus 2 -- ./eval.sh          three tasks of 2 GPUs each
+  mgpu srun -d afterok:12 -- ./collect.sh                once every task of array 12 has COMPLETED
 """
 
 
@@ -61,16 +70,22 @@ def build_parser():
                    help="start only once these hold (all of them): after:ID[:ID...] (started), afterany:ID "
                         "(ended), afterok:ID (COMPLETED), afternotok:ID (failed, timed out or cancelled), "
                         "joined with ','; one that can never hold cancels the job")
+    p.add_argument("--array", "-a", metavar="SPEC",
+                   help="submit a job array: one task per id of SPEC: 1-1000, 0-30:3 (step 3), 1,4,9, or a mix "
+                        "such as 1-5,10,20-30:5; %%N runs at most N tasks at once (1-1000%%8). Ids 0 to 3999999, "
+                        "at most 1000000 tasks")
     p.add_argument("--requeue", action="store_true", help="on reaching the time limit, go back to the end of the queue")
     p.add_argument("-p", "--partition", dest="partition", metavar="NAME", help=argparse.SUPPRESS)
     p.add_argument("--priority", metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
     p.add_argument("--name", "-J", metavar="NAME", help="job name shown by 'mgpu queue'")
     p.add_argument("--chdir", "-D", metavar="DIR", help="working directory (default: the current one)")
-    p.add_argument("--output", "-o", metavar="PATH", help="output file; %%j is the job id (default ~/.mgpu/logs/%%j.out)")
+    p.add_argument("--output", "-o", metavar="PATH", help="output file; %%j is the job id, %%u the user, %%x the job name, "
+                   "and for a job array %%A the array's id and %%a the task id (default ~/.mgpu/logs/%%j.out, for "
+                   "an array ~/.mgpu/logs/%%A_%%a.out)")
     p.add_argument("--error", "-e", metavar="PATH", help="separate file for stderr (default: with the output; with -i ~/.mgpu/logs/%%j.err)")
     p.add_argument("--env-setup-cmd", metavar="CMD", help="shell code run before COMMAND in the job's shell, e.g. 'source venv/bin/activate'")
     p.add_argument("--interactive", "-i", action="store_true", help="wait for the job, stream its stdout and stderr, forward your stdin to its stdin (EOF too), exit with its exit code (Ctrl+C detaches; the job's stdin then ends)")
-    p.add_argument("--pty", action="store_true", help="run the job on a terminal of its own (implies -i): your terminal goes raw, keys such as Ctrl+C and Ctrl+Z and window size changes reach the job; stdout and stderr are one stream. Only on the master's host")
+    p.add_argument("--pty", action="store_true", help="run the job on a terminal of its own (implies -i): your terminal goes raw, keys such as Ctrl+C and Ctrl+Z and window size changes reach the job; stdout and stderr are one stream")
     p.add_argument("--label", action="store_true", help="with -i, for a job on several hosts: stream every part's output, each line prefixed with its rank (default: rank 0's)")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--quiet", "-q", action="store_true", help="with -i, do not report queue position and start")
@@ -165,6 +180,9 @@ def build_request(args, parser):
                      "for a job's priority write --priority in full")
     if args.label and not args.interactive:
         parser.error("--label labels the output srun -i streams: give -i too")
+    if args.array is not None and (args.interactive or args.pty):
+        raise MgpuError(errors.INVALID_ARGUMENT, "%s cannot follow a job array: submit it without %s and watch its "
+                        "tasks with 'mgpu queue'" % ("--pty" if args.pty else "srun -i", "--pty" if args.pty else "-i"))
     if args.pty:
         args.interactive = True  # as Slurm's srun --pty: a terminal is for interacting with
     fields = {"command": command, "requeue": args.requeue, "interactive": args.interactive}
@@ -195,6 +213,12 @@ def build_request(args, parser):
         hosts_request(args, gpus, fields)
         if args.dependency is not None:
             fields["dependency"] = parse_dependency(args.dependency)
+        if args.array is not None:
+            if fields.get("nnodes") or len(fields.get("node_gpu_ids") or ()) > 1 or fields.get("mpi"):
+                raise ValueError("--array with --nodes is not supported: each task of a job array runs on one host")
+            fields["array"], throttle = parse_array_spec(args.array)
+            if throttle is not None:
+                fields["array_throttle"] = throttle
     except ValueError as e:
         raise MgpuError(errors.INVALID_ARGUMENT, str(e)) from None
     from mgpu.cli import checks
@@ -211,7 +235,8 @@ def build_request(args, parser):
     umask = os.umask(0o022)
     os.umask(umask)
     fields["umask"] = umask
-    fields["env"] = bundle.clean_environ()
+    # Variables of a job array this client may run in are not the new job's.
+    fields["env"] = {k: v for k, v in bundle.clean_environ().items() if not k.startswith("MGPU_ARRAY_")}
     if args.env_setup_cmd is None:  # else the setup may put the command on the PATH
         checks.command(command, cwd, fields["env"])
     return fields
@@ -225,6 +250,11 @@ def main(argv):
     try:
         result = client.call("submit", **fields)
         job_id = result["job_id"]
+        if not args.interactive and result.get("array_job_id") is not None:
+            print(job_id if args.parsable else "Submitted job array %d: %s %s (%s)" % (
+                job_id, result["array_tasks"], "task" if result["array_tasks"] == 1 else "tasks",
+                where_output_goes(result)))
+            return 0
         if not args.interactive:
             print(job_id if args.parsable else "Submitted job %d (%s)" % (job_id, where_output_goes(result)))
             return 0
@@ -327,7 +357,7 @@ def _forward_input(client, result, input_mode):
 
         why = result.get("input_refused") if isinstance(result, dict) else None
         _stderr("mgpu: your input is not forwarded to the job: %s\n" % text(
-            why or "this daemon does not forward input (srun -i from a node's host)"))
+            why or "this daemon does not forward input (an older mgpu version?)"))
         return None
     from mgpu.cli import terminal
 
