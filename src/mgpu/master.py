@@ -119,9 +119,8 @@ class Master:
         except StoreError as e:
             raise MgpuError(errors.INTERNAL, str(e)) from None
         active, finished, next_id, next_seq = self.store.load(config.keep_finished)
-        set_aside = list(self.store.set_aside)
         arrays = self.store.load_arrays()
-        self.set_aside = set_aside + list(self.store.set_aside)
+        self.set_aside = list(self.store.set_aside)  # what load() and load_arrays() could not use
         owner = _account(uid) if self.single_user else None
         settings = ctl.Settings(
             policy=config.policy, max_user_priority=config.max_user_priority,
