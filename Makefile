@@ -26,7 +26,7 @@ ONEDIR := build/onedir/mgpu
 ROOT_CACHE := /var/cache/mgpu
 # Everything the binary is made of: a change to any of these rebuilds it. Folders are listed too
 # so that adding or removing a module also triggers a rebuild.
-BUILD_INPUTS := $(SPEC) $(LAUNCHER) $(ASSEMBLE) $(shell find src build-config/hooks -name __pycache__ -prune -o \( -name '*.py' -o -name '*.dat' -o -type d \) -print 2>/dev/null)
+BUILD_INPUTS := $(SPEC) $(LAUNCHER) $(ASSEMBLE) $(shell find src build-config/hooks build-config/loader -name __pycache__ -prune -o \( -name '*.py' -o -name '*.dat' -o -type d \) -print 2>/dev/null)
 UNITS := mgpu-master.service mgpu-node.service
 
 .DEFAULT_GOAL := help

@@ -70,7 +70,7 @@ class Client:
     def input_sender(self):
         """A second handle on this connection (its own timeouts) for the thread that sends a
         job's input (srun -i) while this one reads the stream."""
-        return InputSender(self.connection.sock.dup())
+        return InputSender(transport.duplicate(self.connection.sock))
 
     def read(self, timeout):
         message = self.connection.read(timeout)

@@ -59,8 +59,6 @@ string in them free of NUL, and every number and size within its limit:
 Owns: encoding, decoding and field validation of every message. Must not: touch sockets.
 """
 
-import json
-
 from . import errors
 from .errors import MgpuError
 from .model import (DEPENDENCY_TYPES, MAX_ARRAY_TASK_ID, MAX_ARRAY_TASKS, MAX_DEPENDENCIES, MAX_GPU_INDEX, MAX_GPUS, MAX_JOB_ID, MAX_MEM_MB, MAX_PATH, MAX_PRIORITY, MAX_SIGNAL,
@@ -96,12 +94,9 @@ MAX_HISTORY_LIMIT = 10_000       # finished jobs in one history reply
 DEFAULT_HISTORY_LIMIT = 1000
 MAX_TIME = 1 << 40               # epoch seconds (far beyond any real date)
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def encode(message):
     """One frame: the message as a JSON line."""
-    data = (_encoder.encode(message) + "\n").encode("utf-8", "surrogateescape")
+    data = (_dumps(message) + "\n").encode("utf-8", "surrogateescape")
     if len(data) > MAX_REPLY:
         raise MgpuError(errors.TOO_LARGE, "message of %d bytes is over the %d-byte limit"
                         % (len(data), MAX_REPLY))
@@ -112,14 +107,78 @@ def _refuse_constant(name):
     raise ValueError("%s is not JSON" % name)
 
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+# JSON through json's own C accelerator, _json, as json.JSONEncoder(ensure_ascii=False,
+# separators=(",", ":")) and json.JSONDecoder(parse_constant=_refuse_constant) use it: `import
+# json` also loads re and enum (its pure-Python fallbacks), which a client command does not need.
+# Without _json (another Python implementation), json itself.
+class _ScannerContext:
+    """The attributes _json.make_scanner reads from a json.JSONDecoder."""
+
+    def __init__(self):
+        self.strict = True
+        self.object_hook = None
+        self.object_pairs_hook = None
+        self.parse_float = float
+        self.parse_int = int
+        self.parse_constant = _refuse_constant
+        self.memo = {}
+
+
+def _not_serializable(value):
+    raise TypeError("Object of type %s is not JSON serializable" % type(value).__name__)
+
+
+def _c_encoder():
+    """A fresh encoder (its circular-reference markers start empty, as each json.dumps's)."""
+    return _json.make_encoder({}, _not_serializable, _json.encode_basestring, None, ":", ",", False, False, True)
+
+
+try:
+    import _json
+
+    _scan_once = _json.make_scanner(_ScannerContext())
+    _c_encoder()
+except (ImportError, AttributeError, TypeError):
+    _json = None
+
+
+def _json_error(message, text, position):
+    from json.decoder import JSONDecodeError  # only for a malformed frame
+
+    return JSONDecodeError(message, text, position)
+
+
+def _dumps(message):
+    if _json is None:
+        import json
+
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(message, str):
+        return _json.encode_basestring(message)
+    return "".join(_c_encoder()(message, 0))
+
+
+def _loads(text):
+    if _json is None:
+        import json
+
+        return json.JSONDecoder(parse_constant=_refuse_constant).decode(text)
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        value, end = _scan_once(text, start)
+    except StopIteration as e:
+        raise _json_error("Expecting value", text, e.value) from None
+    rest = text[end:].lstrip(" \t\n\r")
+    if rest:
+        raise _json_error("Extra data", text, len(text) - len(rest))
+    return value
 
 
 def decode(line):
     """The JSON object in one frame; MgpuError(BAD_REQUEST) for anything else, including a
     string anywhere in it that is not valid Unicode (a lone surrogate)."""
     try:
-        message = _decoder.decode(line.decode("utf-8"))
+        message = _loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise MgpuError(errors.BAD_REQUEST, "malformed frame: %s" % type(e).__name__
                         if isinstance(e, RecursionError) else "malformed frame: %s" % _one_line(e)) from None

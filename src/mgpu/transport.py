@@ -5,16 +5,18 @@ server that hands each connection to a handler, within a cap on open connections
 per user). Must not: know what messages mean.
 """
 
+import _socket
 import os
-import select
-import socket
 import stat
-import struct
+import sys
 import time
 
 from . import errors, paths, protocol
 from .errors import MgpuError
 
+# A client's own sockets are _socket's: the `socket` module brings enum and selectors, which a
+# client command does not need. The daemons' come from socketserver (socket.socket, a subclass).
+# select is imported where it is used, for the same reason.
 CONNECT_TIMEOUT = 5.0
 SEND_TIMEOUT = 60.0         # the most one frame may take to go out to a slow reader
 LISTEN_BACKLOG = 256        # connections waiting for accept(); clients wait for room (see connect_unix)
@@ -33,9 +35,10 @@ class PeerCredentials:
 
 
 def peer_credentials(sock):
-    """Who is at the other end of a UNIX stream socket, from the kernel (SO_PEERCRED)."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return PeerCredentials(*struct.unpack("3i", creds))
+    """Who is at the other end of a UNIX stream socket, from the kernel (SO_PEERCRED): three
+    native C ints."""
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return PeerCredentials(*(int.from_bytes(creds[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8)))
 
 
 class Connection:
@@ -118,7 +121,7 @@ class Connection:
             self.sock.settimeout(remaining)
             try:
                 chunk = self.sock.recv(262144)
-            except socket.timeout:
+            except TimeoutError:
                 raise MgpuError(errors.TIMEOUT, "no message within %.0f s" % timeout) from None
             except (ConnectionResetError, BrokenPipeError):
                 chunk = b""
@@ -133,6 +136,8 @@ class Connection:
         arrives within `timeout` seconds."""
         if b"\n" in self._buffer:
             return True
+        import select
+
         try:
             readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
         except (OSError, ValueError):
@@ -141,13 +146,15 @@ class Connection:
 
     def peer_closed(self):
         """True when the peer has closed its end (checked without blocking or consuming)."""
+        import select
+
         try:
             readable, _, _ = select.select([self.sock], [], [], 0)
             if not readable:
                 return False
             # Readable: data or end of stream. (A Python socket timeout would make even
             # MSG_DONTWAIT wait for readability, hence the select.)
-            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            data = self.sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
@@ -165,6 +172,8 @@ def send_patiently(sock, data, stopped, slice_=0.5):
     """Send all of `data` on a socket other threads also use, waiting for room without a
     deadline (a job's input goes at the pace the job reads it) until `stopped()` is true.
     OSError when the peer has gone, or when stopped."""
+    import select
+
     sock.settimeout(0.0)  # non-blocking: the descriptor's other user keeps its own timeouts
     view = memoryview(data)
     while view:
@@ -182,17 +191,30 @@ def connect_unix(path, timeout=CONNECT_TIMEOUT):
     The connect blocks, bounded by SO_SNDTIMEO: with a Python socket timeout the socket would
     connect non-blocking, and a UNIX socket whose listen backlog is full then fails at once
     with EAGAIN instead of waiting for room. After `timeout` it fails with EAGAIN."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         seconds = max(float(timeout), 0.001)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        struct.pack("ll", int(seconds), int((seconds % 1) * 1e6)))
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,
+                        _timeval(int(seconds), int((seconds % 1) * 1e6)))
         sock.connect(path)
         sock.settimeout(timeout)  # every later operation has a deadline too
     except OSError:
         sock.close()
         raise
     return Connection(sock, protocol.MAX_REPLY)
+
+
+_C_LONG = 8 if sys.maxsize > 2 ** 32 else 4  # Linux: a C long is as wide as a pointer
+
+
+def _timeval(seconds, microseconds):
+    """A struct timeval (two native C longs), as struct.pack("ll", ...) makes it."""
+    return b"".join(n.to_bytes(_C_LONG, sys.byteorder, signed=True) for n in (seconds, microseconds))
+
+
+def duplicate(sock):
+    """A second socket object on a new descriptor of `sock`'s connection (its own timeouts)."""
+    return _socket.socket(fileno=_socket.dup(sock.fileno()))
 
 
 def is_busy_refusal(reply):
@@ -290,7 +312,7 @@ def unix_server(path, serve_connection, log, max_connections=1024, max_connectio
 
         def refuse(self, request, peer, message):
             try:  # a new connection's send buffer is empty: one small frame never blocks
-                request.send(protocol.encode(protocol.error(errors.UNAVAILABLE, message)), socket.MSG_DONTWAIT)
+                request.send(protocol.encode(protocol.error(errors.UNAVAILABLE, message)), _socket.MSG_DONTWAIT)
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -380,6 +402,8 @@ MAX_NODE_CONNECTIONS = 4096  # node links (and handshakes in progress) served at
 
 def connect_tcp(host, port, timeout=CONNECT_TIMEOUT):
     """A connected TCP socket to (host, port), with `timeout` on the connect; OSError."""
+    import socket
+
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small frames, sent at once
     return sock
@@ -389,6 +413,7 @@ def tcp_server(host, port, serve_connection, log, max_connections=MAX_NODE_CONNE
     """A threaded TCP server on (host, port): `serve_connection(sock, address)` runs in a thread
     per connection (it owns the socket: the TLS handshake comes first), for at most
     `max_connections` at once; over that, the connection is closed at accept time."""
+    import socket
     import socketserver
     import threading
 

@@ -435,3 +435,51 @@ def test_checker_finds_process_calls_through_aliases(tmp_path):
                    "def f():\n    o.fork()\n    kp(1, 9)\n    getpid()\n    o.execvpe('x', [], {})\n"),
     })
     assert sorted(process_calls(root / "bad.py")) == [(4, "os.fork"), (5, "os.killpg"), (7, "os.execvpe")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Client roles start in the time of what they need: none of these modules is loaded by importing
+# a client role (nor by parsing its command line). argparse, re and enum (which `import signal`,
+# `import socket` and `import json` bring) cost milliseconds on every `mgpu srun` and `mgpu queue`;
+# the others belong to the daemons.
+CLIENT_MODULES = ("mgpu.cli", "mgpu.cli.srun", "mgpu.cli.queue", "mgpu.cli.cancel", "mgpu.cli.logs",
+                  "mgpu.cli.attach", "mgpu.cli.show", "mgpu.cli.history", "mgpu.cli.sbatch",
+                  "mgpu.cli.drain", "mgpu.cli.resume", "mgpu.client", "mgpu.cli.render")
+NOT_FOR_CLIENTS = frozenset(("argparse", "re", "enum", "yaml", "shutil", "sqlite3", "ssl", "psutil", "pynvml"))
+
+_CLIENT_PROBE = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+for name in sys.argv[2].split(","):
+    __import__(name)
+from mgpu.cli import history, queue, srun
+parser = srun.build_parser()
+srun.build_request(parser.parse_args(["--gpus", "2", "--time-limit", "1:00:00", "--name=x", "-iq", "--",
+                                      "true"]), parser)
+queue.build_parser().parse_args(["--all", "-j", "1,2"])
+history.build_request(history.build_parser().parse_args(["--since", "2h"]), history.build_parser(), 1.7e9)
+print(",".join(sorted(sys.modules)))
+"""
+
+
+def loaded_by(src_dir, modules, probe=_CLIENT_PROBE):
+    """sys.modules of a fresh interpreter (-I -S: site's .pth files may import re themselves, and
+    the binary has no site) once it has imported `modules` from `src_dir` and run `probe`."""
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(src_dir), ",".join(modules)],
+                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.strip().split(","))
+
+
+def test_client_roles_load_no_argparse_re_enum_or_daemon_modules():
+    loaded = loaded_by(PACKAGE_DIR.parent, CLIENT_MODULES)
+    assert "mgpu.cli.srun" in loaded and "mgpu.client" in loaded, loaded  # the probe ran
+    found = sorted(name for name in loaded if name.split(".")[0] in NOT_FOR_CLIENTS)
+    assert not found, ("client roles must not load %s (a client starts in the time of what it needs); "
+                       "loaded: %s" % (", ".join(sorted(NOT_FOR_CLIENTS)), ", ".join(found)))
+
+
+def test_the_client_import_check_sees_a_forbidden_import(tmp_path):
+    root = _fake_package(tmp_path, {"__init__.py": "", "client.py": "import re\n"})
+    probe = "import sys\nsys.path.insert(0, sys.argv[1])\nimport mgpu.client\nprint(','.join(sorted(sys.modules)))\n"
+    assert "re" in loaded_by(root.parent, ["mgpu.client"], probe)

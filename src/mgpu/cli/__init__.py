@@ -5,7 +5,6 @@ code, never a traceback. Must not: import a role's module before it is chosen (e
 starts in the time of its own imports only).
 """
 
-import importlib
 import os
 import sys
 
@@ -80,7 +79,7 @@ def main(argv=None):
         return 2
     if debug:
         os.environ["MGPU_DEBUG"] = "1"
-    module = importlib.import_module(ROLES[role][0])
+    module = __import__(ROLES[role][0], fromlist=("main",))  # not importlib: it loads warnings
     return run_role(module.main, argv, debug)
 
 

@@ -1,8 +1,6 @@
 """`mgpu attach`: follow a job again after `srun -i` was detached, or a job submitted without
 -i: its queue position while it waits, then its output live; exit with its exit code."""
 
-import argparse
-
 from mgpu import errors
 from mgpu.cli.common import Parser
 from mgpu.client import Client
@@ -22,7 +20,7 @@ def build_parser():
     p = Parser(prog="mgpu attach", usage="mgpu attach [-q] [--label] JOB_ID",
                description="Attach to a job as 'srun -i' does: its output so far, then live until it "
                            "ends; the exit code is the job's.",
-               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EXAMPLES)
     p.add_argument("job_id", metavar="JOB_ID", help="the job (see 'mgpu queue')")
     p.add_argument("--quiet", "-q", action="store_true", help="do not report queue position and start")
     p.add_argument("--label", action="store_true", help="a job on several hosts: every part's output, each "

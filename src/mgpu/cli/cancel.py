@@ -1,6 +1,5 @@
 """`mgpu cancel`: cancel jobs."""
 
-import argparse
 import sys
 
 from mgpu import errors
@@ -27,7 +26,7 @@ You may cancel only your own jobs (root and operators: any)."""
 
 def build_parser():
     p = Parser(prog="mgpu cancel", usage="mgpu cancel ID... | --user USER",
-               description="Cancel jobs.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               description="Cancel jobs.", epilog=EXAMPLES)
     p.add_argument("ids", nargs="*", metavar="ID", help="job ids; ARRAY_TASK or ARRAY_[TASKS] for tasks of a job array")
     p.add_argument("--user", "-u", metavar="USER", help="cancel all active jobs of USER")
     return p

@@ -1,7 +1,5 @@
 """`mgpu drain NODE` and `mgpu resume NODE`: take a node out of scheduling and back."""
 
-import argparse
-
 from mgpu.cli.common import Parser
 from mgpu.cli.render import text
 from mgpu.client import call
@@ -27,7 +25,7 @@ def _plural(n, word):
 def build_drain_parser():
     p = Parser(prog="mgpu drain", usage="mgpu drain NODE [--reason TEXT]",
                description="Drain a node: its running jobs finish, no new job starts on it.",
-               epilog=DRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=DRAIN_EXAMPLES)
     p.add_argument("node", metavar="NODE", help="the node's name (as 'mgpu queue' shows it)")
     p.add_argument("--reason", "-r", metavar="TEXT", help="why (shown in 'mgpu queue' and the master's log)")
     return p
@@ -36,7 +34,7 @@ def build_drain_parser():
 def build_resume_parser():
     p = Parser(prog="mgpu resume", usage="mgpu resume NODE",
                description="Resume a drained node: it takes jobs again.",
-               epilog=RESUME_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=RESUME_EXAMPLES)
     p.add_argument("node", metavar="NODE", help="the node's name (as 'mgpu queue' shows it)")
     return p
 

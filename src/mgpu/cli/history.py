@@ -1,8 +1,6 @@
 """`mgpu history`: finished jobs from the master's database, with exit codes and times."""
 
-import argparse
 import datetime
-import re
 import sys
 import time
 
@@ -29,9 +27,23 @@ EXAMPLES = """examples:
 Finished jobs stay in the master's database after they leave 'mgpu queue --all'. Times are
 local: HH:MM:SS today, MM-DDTHH:MM this year, YYYY-MM-DD before; --json gives epoch seconds."""
 
-_AGO = re.compile(r"^([0-9]{1,7})([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DATE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?)?$")
+
+
+def _digits(text, low, high):
+    return low <= len(text) <= high and text.isascii() and text.isdigit()
+
+
+def _date_numbers(value):
+    """[year, month, day, hour, minute, second] of `YYYY-MM-DD[(T| )HH:MM[:SS]]`, or None."""
+    date, clock = value[:10].split("-"), value[11:].split(":")
+    if len(date) != 3 or not all(_digits(part, size, size) for part, size in zip(date, (4, 2, 2))):
+        return None
+    if len(value) == 10:
+        clock = []
+    elif value[10] not in ("T", " ") or len(clock) not in (2, 3) or not all(_digits(part, 2, 2) for part in clock):
+        return None
+    return [int(part) for part in date + clock] + [0] * (3 - len(clock))
 
 
 def parse_when(text, now):
@@ -43,12 +55,10 @@ def parse_when(text, now):
         return None
     if value.lower() == "today":
         return midnight(now)
-    match = _AGO.fullmatch(value)
-    if match:
-        return max(0, int(now - int(match.group(1)) * _UNITS[match.group(2)]))
-    match = _DATE.fullmatch(value)
-    if match:
-        numbers = [int(g) if g else 0 for g in match.groups()]
+    if value[-1:] in _UNITS and _digits(value[:-1], 1, 7):
+        return max(0, int(now - int(value[:-1]) * _UNITS[value[-1]]))
+    numbers = _date_numbers(value)
+    if numbers:
         try:
             moment = datetime.datetime(*numbers).timestamp()
         except (ValueError, OverflowError, OSError):
@@ -67,7 +77,7 @@ def midnight(now):
 
 def build_parser():
     p = Parser(prog="mgpu history", description=DESCRIPTION,
-               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EXAMPLES)
     p.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
     p.add_argument("--me", action="store_true", help="only your own jobs")
     p.add_argument("--since", "-S", metavar="WHEN", help="jobs that ended since WHEN: YYYY-MM-DD, "

@@ -1,6 +1,5 @@
 """`mgpu keygen`: write a new cluster key (once per cluster), never over an existing file."""
 
-import argparse
 import os
 import sys
 
@@ -34,7 +33,7 @@ keep it 0600, owned by root.
 
 def build_parser():
     parser = Parser(prog="mgpu keygen", usage="mgpu keygen [--output PATH]", description=DESCRIPTION,
-                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    epilog=EXAMPLES)
     parser.add_argument("--output", "-o", metavar="PATH", default=DEFAULT_OUTPUT,
                         help="where to write the key (default %s); must not exist" % DEFAULT_OUTPUT)
     return parser

@@ -3,7 +3,6 @@
 The daemon reads the file on the job's host as the job's user (never as root), for the job's
 owner, root and the operators only, so the same rules hold for a job on any host."""
 
-import argparse
 import sys
 
 from mgpu import errors
@@ -27,7 +26,7 @@ Works for running and finished jobs (those 'mgpu queue --all' lists) on any host
 def build_parser():
     p = Parser(prog="mgpu logs", usage="mgpu logs [-f] [--err] JOB_ID",
                description="Print a job's output, as its user reads it on the job's host.",
-               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EXAMPLES)
     p.add_argument("job_id", metavar="JOB_ID", help="the job (see 'mgpu queue --all')")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new output until the job ends")
     p.add_argument("--err", action="store_true", help="the job's stderr file instead of its output")

@@ -1,7 +1,5 @@
 """`mgpu master`: run the scheduler daemon in the foreground."""
 
-import argparse
-
 from mgpu.cli.common import Parser
 
 DESCRIPTION = """Run the mgpu scheduler on this host, in the foreground, logging one line per event
@@ -20,8 +18,7 @@ EXAMPLES = """examples:
 
 
 def build_parser():
-    parser = Parser(prog="mgpu master", description=DESCRIPTION, epilog=EXAMPLES,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="mgpu master", description=DESCRIPTION, epilog=EXAMPLES)
     parser.add_argument("--config", metavar="PATH", help="YAML config (default /etc/mgpu/mgpu.yaml when present, as root)")
     parser.add_argument("--socket", metavar="PATH", help="UNIX socket (also MGPU_SOCKET; default /run/mgpu/mgpu.sock as root)")
     parser.add_argument("--state-dir", metavar="DIR", help="state database directory (default /var/lib/mgpu as root)")

@@ -1,7 +1,5 @@
 """`mgpu node`: run a node agent in the foreground, joining this host's GPUs to a master."""
 
-import argparse
-
 from mgpu.cli.common import Parser
 
 DESCRIPTION = """Join this host's GPUs to an mgpu master, in the foreground, logging one line per
@@ -25,8 +23,7 @@ EXAMPLES = """examples:
 
 
 def build_parser():
-    parser = Parser(prog="mgpu node", description=DESCRIPTION, epilog=EXAMPLES,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="mgpu node", description=DESCRIPTION, epilog=EXAMPLES)
     parser.add_argument("--config", metavar="PATH", help="YAML config (default /etc/mgpu/mgpu.yaml when present, as root)")
     parser.add_argument("--master", metavar="HOST:PORT", help="where the master listens (also MGPU_MASTER_HOST and MGPU_MASTER_PORT; port 8080 by default)")
     parser.add_argument("--key", metavar="PATH", help="the cluster key (default /etc/mgpu/cluster.key)")

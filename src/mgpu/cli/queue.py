@@ -1,7 +1,5 @@
 """`mgpu queue`: show jobs and GPUs."""
 
-import argparse
-
 from mgpu.cli.common import Parser, parse_job_ids
 from mgpu.client import call
 
@@ -21,7 +19,7 @@ EXAMPLES = """examples:
 def build_parser():
     p = Parser(prog="mgpu queue", description="Show the queue (running, then pending in the order they "
                "will start, with why they wait) and each GPU's reserved memory and jobs.",
-               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EXAMPLES)
     p.add_argument("--all", "-a", action="store_true", help="include finished jobs and their exit codes")
     p.add_argument("--user", "-u", metavar="USER", help="only this user's jobs")
     p.add_argument("--state", "-t", metavar="STATE[,STATE]", help="only jobs in these states (e.g. PENDING,RUNNING)")

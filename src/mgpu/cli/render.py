@@ -6,10 +6,7 @@ newlines, C1 controls) and other invisible or unencodable characters are shown a
 escapes (`\\x1b`, `\\n`, `\\u0085`). JSON output stays exact: json.dumps escapes them itself.
 """
 
-import json
 import os
-import shlex
-import signal
 import time
 
 from mgpu.model import format_duration
@@ -157,6 +154,8 @@ def nodes_table(nodes, now):
 def as_json(result):
     # ensure_ascii (the default) writes every control and non-ASCII character as a \\u escape:
     # exact for a JSON reader, harmless in a terminal.
+    import json  # here: it brings re (only --json needs it)
+
     return json.dumps({"jobs": result["jobs"], "nodes": result["nodes"]}, indent=2, ensure_ascii=True)
 
 
@@ -217,6 +216,8 @@ def history_table(jobs, now):
 
 
 def _command_line(command):
+    import shlex  # here: it brings re
+
     return " ".join(shlex.quote(str(arg)) for arg in command)
 
 
@@ -224,6 +225,8 @@ def _signal_spec(job):
     signum = job.get("warn_signal")
     if not signum:
         return "None"
+    import signal  # here: it brings enum
+
     try:
         name = signal.Signals(signum).name[3:]
     except ValueError:
@@ -284,4 +287,6 @@ def job_detail(job, now):
 
 def json_of(value):
     """Any result as indented JSON, every control and non-ASCII character a \\u escape."""
+    import json
+
     return json.dumps(value, indent=2, ensure_ascii=True)

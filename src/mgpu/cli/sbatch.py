@@ -9,7 +9,6 @@ the job.
 import hashlib
 import os
 import pwd
-import re
 import stat
 import sys
 
@@ -202,7 +201,9 @@ def convert_gres(value, warn):
     return {GPU_COUNT: ("--gpus-per-node", count)}
 
 
-_TIME_NUMBER = re.compile(r"[0-9]{1,9}\Z")
+def _time_number(text):
+    """1 to 9 ASCII digits."""
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()
 
 
 def slurm_time(text):
@@ -217,7 +218,7 @@ def slurm_time(text):
         days, rest = None, value
     parts = rest.split(":")
     numbers = [days] + parts if dash else parts
-    if not all(_TIME_NUMBER.match(part or "") for part in numbers) or len(parts) > 3:
+    if not all(_time_number(part or "") for part in numbers) or len(parts) > 3:
         raise ValueError("bad time %s: use MINUTES, MINUTES:SECONDS, HOURS:MINUTES:SECONDS, DAYS-HOURS, "
                          "DAYS-HOURS:MINUTES or DAYS-HOURS:MINUTES:SECONDS" % shown(text))
     parts = [int(part) for part in parts]
@@ -248,18 +249,23 @@ def convert_time(value, warn):
     return {"--time-limit": None if seconds is None else str(seconds)}
 
 
-_MEM = re.compile(r"([0-9]{1,15})([KMGT]?)B?\Z", re.IGNORECASE)
 _MEM_FACTORS = {"K": 1.0 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
 def convert_mem_per_gpu(value, warn):
     """Slurm's size (MB by default; K, M, G, T suffixes) -> srun --mem in whole MB."""
-    match = _MEM.match(value.strip())
-    if not match:
+    amount = value.strip()
+    if amount[-1:] in ("B", "b"):
+        amount = amount[:-1]
+    unit = amount[-1:].upper()
+    if unit in ("K", "M", "G", "T"):
+        amount = amount[:-1]
+    else:
+        unit = ""
+    if not (0 < len(amount) <= 15 and amount.isascii() and amount.isdigit()):
         raise ValueError("bad --mem-per-gpu %s: a size in MB, or with a K, M, G or T suffix (e.g. 20G)"
                          % shown(value))
-    amount = int(match.group(1))
-    unit = match.group(2).upper()
+    amount = int(amount)
     mb = -(-amount // 1024) if unit == "K" else amount * _MEM_FACTORS[unit]
     return {"--mem": str(mb)}
 
@@ -286,12 +292,19 @@ def convert_nodes(value, warn):
     return {"--nodes": value}
 
 
-_PATH_PATTERN = re.compile(r"%(.?)", re.DOTALL)
+def _path_patterns(value):
+    """The character after each '%' of `value` ('' for a '%' at its end), left to right."""
+    letters = []
+    at = value.find("%")
+    while at >= 0:
+        letters.append(value[at + 1:at + 2])
+        at = value.find("%", at + 2)
+    return letters
 
 
 def convert_path(srun_option):
     def convert(value, warn):
-        for letter in _PATH_PATTERN.findall(value):
+        for letter in _path_patterns(value):
             if letter not in ("j", "u", "x", "r", "A", "a"):
                 raise ValueError("%s=%s: mgpu fills in %%j (job id), %%u (user), %%x (job name), %%A (array "
                                  "job id) and %%a (array task id) only" % (srun_option, shown(value)))
@@ -587,10 +600,13 @@ def check_script(content, name):
         raise SbatchError("%s has DOS line breaks (\\r\\n): convert it, e.g. with dos2unix" % name)
 
 
+_NAME_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
 def copy_name(content, script):
     """`<sha256 prefix>-<file name>`: one copy per content and name, the name kept readable."""
     digest = hashlib.sha256(content).hexdigest()[:32]
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(script))[:64].lstrip(".") or "script"
+    base = "".join(c if c in _NAME_CHARACTERS else "_" for c in os.path.basename(script))[:64].lstrip(".") or "script"
     return "%s-%s" % (digest, base)
 
 
@@ -729,14 +745,26 @@ def blame(message, origins):
     """' (from #SBATCH line 4 of train.sh)' when `message` names an srun option whose value came
     from a directive; '' otherwise."""
     for option, origin in origins.items():
-        if origin.line is not None and re.search(re.escape(option) + r"(?![\w-])", message):
+        if origin.line is not None and _names(message, option):
             return " (from %s)" % origin.describe()
     return ""
 
 
+def _names(message, option):
+    """True when `option` occurs in `message` as a whole option (not followed by a letter,
+    digit, '_' or '-': --gpus is not named by --gpus-per-node)."""
+    at = message.find(option)
+    while at >= 0:
+        after = message[at + len(option):at + len(option) + 1]
+        if not (after.isalnum() or after in ("_", "-")):
+            return True
+        at = message.find(option, at + 1)
+    return False
+
+
 def srun_option_strings():
     from mgpu.cli import srun
-    return frozenset(srun.build_parser()._option_string_actions)
+    return srun.build_parser().option_strings()
 
 
 def main(argv):

@@ -1,7 +1,5 @@
 """`mgpu show ID`: every field of one job, pending, running or finished."""
 
-import argparse
-
 from mgpu import errors
 from mgpu.cli.common import Parser
 from mgpu.client import call
@@ -22,7 +20,7 @@ owner, root and operators (the environment is never shown)."""
 
 def build_parser():
     p = Parser(prog="mgpu show", usage="mgpu show ID [--json]", description="Show every field of one job.",
-               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EXAMPLES)
     p.add_argument("id", metavar="ID", help="the job id (ARRAY_TASK for a task of a job array, e.g. 12_7)")
     p.add_argument("--json", action="store_true", help="print the job as a JSON object")
     return p

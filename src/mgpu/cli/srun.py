@@ -1,11 +1,10 @@
 """`mgpu srun`: submit a job; with -i, wait for it and stream its output."""
 
-import argparse
 import os
 import sys
 
 from mgpu import bundle, errors
-from mgpu.cli.common import Parser
+from mgpu.cli.common import REMAINDER, SUPPRESS, Parser
 from mgpu.client import Client
 from mgpu.errors import MgpuError
 from mgpu.model import (MAX_GPUS, MAX_MEM_MB, MAX_PRIORITY, parse_array_spec, parse_dependency, parse_duration,
@@ -52,7 +51,7 @@ EXAMPLES = """examples:
 
 def build_parser():
     p = Parser(prog="mgpu srun", usage="mgpu srun [options] -- COMMAND [ARGS...]",
-               description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+               description=DESCRIPTION, epilog=EXAMPLES)
     p.add_argument("--gpus", "-G", metavar="N", help="number of GPUs (default 1; 0 for none)")
     p.add_argument("--gpu-ids", metavar="LIST", help="exact physical GPUs, e.g. 0,2 (as nvidia-smi numbers them)")
     p.add_argument("--nodes", "-N", metavar="N", help="run on N hosts at once (with --gpus-per-node GPUs each); all parts start together")
@@ -75,7 +74,7 @@ def build_parser():
                         "such as 1-5,10,20-30:5; %%N runs at most N tasks at once (1-1000%%8). Ids 0 to 3999999, "
                         "at most 1000000 tasks")
     p.add_argument("--requeue", action="store_true", help="on reaching the time limit, go back to the end of the queue")
-    p.add_argument("-p", "--partition", dest="partition", metavar="NAME", help=argparse.SUPPRESS)
+    p.add_argument("-p", "--partition", dest="partition", metavar="NAME", help=SUPPRESS)
     p.add_argument("--priority", metavar="P", help="higher runs first; 0 to the site's maximum (100 unless configured), default 0")
     p.add_argument("--name", "-J", metavar="NAME", help="job name shown by 'mgpu queue'")
     p.add_argument("--chdir", "-D", metavar="DIR", help="working directory (default: the current one)")
@@ -89,7 +88,7 @@ def build_parser():
     p.add_argument("--label", action="store_true", help="with -i, for a job on several hosts: stream every part's output, each line prefixed with its rank (default: rank 0's)")
     p.add_argument("--parsable", action="store_true", help="print only the job id")
     p.add_argument("--quiet", "-q", action="store_true", help="with -i, do not report queue position and start")
-    p.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.add_argument("command", nargs=REMAINDER, help=SUPPRESS)
     return p
 
 
