@@ -13,7 +13,8 @@ Forking from the helper costs about a millisecond, where starting a fresh interp
 would cost 20-150 ms.
 
 No double runs. The supervisor keeps a record of the attempt at `STATE/jobs/ID.ATTEMPT.json`,
-each step replaced atomically (temporary file, fsync, rename, fsync of the directory):
+each step replaced atomically (temporary file renamed over it); `launched` and `exited` are
+also durable (the file and the directory fsynced) before anything depends on them:
 `intent` (the supervisor's pid and start time, written before it forks the job) → `launched`
 (the job's pid, which is its process group, the job's start time and its cgroup, written
 before the job may go on: it blocks on a go-ahead pipe and exits without exec if the pipe
@@ -23,8 +24,8 @@ record, or one at `intent` whose supervisor is dead, provably never ran its comm
 started again; any later phase may have run and is never started twice. The daemon's state
 lock (an flock fd, passed as `lock_fd`) is inherited by the helper, kept while the helper may
 still fork supervisors from specs left in its command pipe (it drains the pipe on EOF), and
-closed by each supervisor once its intent is durable: a new daemon that holds the lock finds
-every launch of the old one on disk. The job never holds that fd.
+closed by each supervisor once its intent is written: a new daemon that holds the lock finds
+every launch of the old one in the state directory. The job never holds that fd.
 
 Fencing: no signal reaches a process not proven to be the job's.
 - cgroup v2, where the host offers a writable hierarchy (root, or a delegated subtree): each
@@ -489,8 +490,10 @@ def record_phase(record):
     return record.get("phase", "started")
 
 
-def write_record(path, record, dir_fd=None):
-    """Replace the record atomically and durably: the file and its directory are fsynced."""
+def write_record(path, record, dir_fd=None, durable=True):
+    """Replace the record atomically (a temporary file renamed over it) and, when `durable`,
+    so that it survives a power loss: the file and its directory are fsynced. A phase whose
+    loss in a power cut changes nothing (see _supervise) is written without the two fsyncs."""
     tmp = path + ".tmp"
     data = json.dumps(record, separators=(",", ":")).encode()
     for tries_left in (2, 1, 0):
@@ -499,7 +502,8 @@ def write_record(path, record, dir_fd=None):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         try:
@@ -508,6 +512,8 @@ def write_record(path, record, dir_fd=None):
         except FileNotFoundError:
             if not tries_left:  # someone else's cleanup took the file away: write it again
                 raise
+    if not durable:
+        return
     own = dir_fd is None
     if own:
         dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -760,7 +766,9 @@ def _supervise(spec, event_fd, lock_fd, libc):
               "sup_pid": me, "sup_start": process_start_time(me), "boot_id": boot_id()}
     try:
         dir_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        write_record(path, record, dir_fd)
+        # Not fsynced: a daemon of this boot reads it from the page cache, and after a power
+        # loss an intent whose supervisor is dead says what no record says (never ran).
+        write_record(path, record, dir_fd, durable=False)
     except OSError as e:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -848,7 +856,8 @@ def _supervise(spec, event_fd, lock_fd, libc):
     if not failure:
         record["phase"] = "started"
         try:
-            write_record(path, record, dir_fd)
+            # Not fsynced: after a power loss "launched" says the same (it may have run).
+            write_record(path, record, dir_fd, durable=False)
         except OSError:
             pass  # "launched" already forbids a second start
         _emit(event_fd, dict(record, event="started"))
@@ -1143,19 +1152,51 @@ def _wait_for(job_pid):
             return status
 
 
+def _descendants(root):
+    """Pids of every descendant of `root` (a live, single-threaded process: a supervisor),
+    from the kernel's lists of each task's children."""
+    found = []
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            tasks = [str(pid)] if pid == root else os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue  # gone meanwhile: its children are re-parented, found in the next pass
+        for task in tasks:
+            try:
+                with open("/proc/%d/task/%s/children" % (pid, task), "rb") as listing:
+                    pids = [int(child) for child in listing.read().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(pids)
+            frontier.extend(pids)
+    return found
+
+
 def _end_leftovers(job_pid, handle):
     """The job is over when its main process exits: end whatever it left behind (its cgroup;
     else our session and the orphans we adopted as subreaper), so its GPUs are free only when
     its processes are gone. We are alive, so every process in our session but us, and every
-    child of ours (not reaped in between: we alone reap them), is the job's."""
+    child of ours (not reaped in between: we alone reap them), is the job's.
+
+    Those are all our descendants: a process joins a session only by being forked in it, and
+    an orphan of the job is re-parented to its nearest living subreaper, us or a descendant.
+    So where the kernel lists each task's children (/proc/PID/task/TID/children) the tree
+    below us is walked (a file or two when nothing is left) instead of reading every process
+    of the host."""
     deadline = time.monotonic() + STOP_TIMEOUT
     me = os.getpid()
     if handle.cgroup:
         _cgroup_remove(handle.cgroup, deadline)
         remove_cgroup_base(os.path.dirname(handle.cgroup))  # the last job's end leaves nothing behind
+    walk = os.path.exists("/proc/%d/task/%d/children" % (me, me))
     while True:
-        left = [pid for pid, parent, _, sid, _ in _processes()
-                if pid != me and (sid == me or parent == me or (handle.session and sid == handle.session))]
+        if walk:
+            left = _descendants(me)
+        else:
+            left = [pid for pid, parent, _, sid, _ in _processes()
+                    if pid != me and (sid == me or parent == me or (handle.session and sid == handle.session))]
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)

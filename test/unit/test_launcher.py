@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 import pytest
@@ -34,6 +35,46 @@ def test_records_are_replaced_whole_and_name_their_phase(tmp_path):
     assert launcher.record_phase(None) is None
     (tmp_path / "bad.json").write_text("[1]")
     assert launcher.read_record(str(tmp_path / "bad.json")) is None
+
+
+def test_a_record_written_without_fsync_is_still_replaced_whole(tmp_path):
+    path = str(tmp_path / "4.1.json")
+    record = {"job_id": 4, "attempt": 1, "phase": "intent", "sup_pid": 10, "sup_start": 20}
+    launcher.write_record(path, record, durable=False)
+    assert launcher.read_record(path) == record
+    record["phase"] = "launched"
+    launcher.write_record(path, record)
+    record["phase"] = "started"
+    launcher.write_record(path, record, durable=False)
+    assert launcher.record_phase(launcher.read_record(path)) == "started"
+    assert os.listdir(tmp_path) == ["4.1.json"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task/%d/children" % os.getpid()),
+                    reason="the kernel does not list each task's children")
+def test_the_descendants_of_a_process_include_those_that_left_its_session():
+    # sh (our child) -> setsid sh -> sleep: the grandchild leads a session of its own.
+    tree = subprocess.Popen(["sh", "-c", "setsid sh -c 'sleep 30 & wait' & wait"], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            below = launcher._descendants(tree.pid)
+            leaders = [pid for pid in below if launcher._stat_fields(pid) and int(launcher._stat_fields(pid)[3]) == pid]
+            if len(below) >= 2 and leaders:
+                break
+            assert time.monotonic() < deadline, below
+            time.sleep(0.01)
+        assert tree.pid not in below
+        found = launcher._descendants(os.getpid()) if threading.active_count() == 1 else None
+        assert found is None or (tree.pid in found and set(below) <= set(found))
+    finally:
+        for pid in reversed(launcher._descendants(tree.pid)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        tree.kill()
+        tree.wait()
 
 
 def _session_of_sleepers():
