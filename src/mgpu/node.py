@@ -302,17 +302,10 @@ class NodeDaemon:
         self._wake()
 
     def _wake(self):
-        try:
-            os.write(self._wake_write, b"x")
-        except OSError:
-            pass  # full: a wake-up is pending already
+        _poke(self._wake_write)
 
     def _drain_wake(self):
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except OSError:
-            pass
+        _drain(self._wake_read)
 
     # -- the link ---------------------------------------------------------------------------
 
@@ -845,17 +838,10 @@ class _RelayedStream:
     def _wake(self):
         """(the lock held)"""
         if self._wake_write is not None:
-            try:
-                os.write(self._wake_write, b"x")
-            except OSError:
-                pass  # full: a wake-up is pending already
+            _poke(self._wake_write)
 
     def clear_wake(self):
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except OSError:
-            pass
+        _drain(self._wake_read)
 
     def input_room(self):
         """Whether another input frame may go to the master: fewer than the window's bytes (a
@@ -929,3 +915,20 @@ class _RelayedStream:
                 self._size -= self._cost(item)
                 return item
             return self._failure
+
+
+def _poke(wake_write):
+    """Wake whoever waits on a wake-up pipe (non-blocking)."""
+    try:
+        os.write(wake_write, b"x")
+    except OSError:
+        pass  # full: a wake-up is pending already
+
+
+def _drain(wake_read):
+    """Empty a wake-up pipe (non-blocking)."""
+    try:
+        while os.read(wake_read, 4096):
+            pass
+    except OSError:
+        pass

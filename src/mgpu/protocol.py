@@ -349,15 +349,23 @@ def _invalid(type_, text):
     raise MgpuError(errors.INVALID_ARGUMENT, "%s: %s" % (type_, text))
 
 
-def check_request(message):
-    """(type, fields) of a well-formed request; MgpuError otherwise."""
+CLIENT_VERSIONS = "the daemon speaks %d, the client %s (use the same mgpu version on both sides)"
+NODE_VERSIONS = "this side speaks %d, the other %s (use the same mgpu version on every host)"
+
+
+def _check_envelope(message, versions):
+    """MgpuError unless `message` is a JSON object of this protocol version; `versions` names
+    both sides in the mismatch's line."""
     if not isinstance(message, dict):
         raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
     version = message.get("v")
     if not _is_int(version) or version != VERSION:
-        raise MgpuError(errors.VERSION_MISMATCH,
-                        "protocol version mismatch: the daemon speaks %d, the client %s "
-                        "(use the same mgpu version on both sides)" % (VERSION, _show(version)))
+        raise MgpuError(errors.VERSION_MISMATCH, "protocol version mismatch: " + versions % (VERSION, _show(version)))
+
+
+def check_request(message):
+    """(type, fields) of a well-formed request; MgpuError otherwise."""
+    _check_envelope(message, CLIENT_VERSIONS)
     type_ = message.get("type")
     if type_ is not None and not isinstance(type_, str):
         raise MgpuError(errors.BAD_REQUEST, "malformed request: its type must be a string, not %s"
@@ -558,12 +566,7 @@ def input_frame(data=None, eof=False, rows=None, cols=None):
 def check_input(message):
     """{data: bytes or None, eof: bool, rows, cols (None when not sent)} of a well-formed input
     frame; MgpuError otherwise (one line; the daemon then stops reading input from that client)."""
-    if not isinstance(message, dict):
-        raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
-    version = message.get("v")
-    if not _is_int(version) or version != VERSION:
-        raise MgpuError(errors.VERSION_MISMATCH, "protocol version mismatch: the daemon speaks %d, the client %s "
-                        "(use the same mgpu version on both sides)" % (VERSION, _show(version)))
+    _check_envelope(message, CLIENT_VERSIONS)
     if message.get("type") != "input":
         _bad("input", "expected an input frame after the attach, not %s" % _show(message.get("type")))
     fields = {}
@@ -730,12 +733,7 @@ def node_message(type_, **fields):
 def check_node_message(message, allowed):
     """(type, fields) of a well-formed node-link message whose type is in `allowed`;
     MgpuError(BAD_REQUEST or VERSION_MISMATCH) otherwise. Unknown fields are dropped."""
-    if not isinstance(message, dict):
-        raise MgpuError(errors.BAD_REQUEST, "malformed frame: expected a JSON object")
-    version = message.get("v")
-    if not _is_int(version) or version != VERSION:
-        raise MgpuError(errors.VERSION_MISMATCH, "protocol version mismatch: this side speaks %d, the "
-                        "other %s (use the same mgpu version on every host)" % (VERSION, _show(version)))
+    _check_envelope(message, NODE_VERSIONS)
     type_ = message.get("type")
     if not isinstance(type_, str) or type_ not in allowed:
         raise MgpuError(errors.BAD_REQUEST, "unexpected node-link message %s" % _show(type_))

@@ -6,7 +6,6 @@ job's EOF, a large piped input arrives whole (the relay's flow control), a termi
 behaves as on the master's host, and a lost link ends srun with one line while the job's stdin
 ends. Hosts are network namespaces (netns.py), as in test_multinode.py."""
 
-import functools
 import os
 import re
 import secrets
@@ -18,9 +17,10 @@ import time
 import pytest
 
 import netns
-from harness import Node, popen_as, wait_for
+from harness import popen_as, wait_for
 from test_interactive import Terminal, pids_of
-from test_multinode import ALICE, HEARTBEAT, lab, needs_node, unique_sleep  # noqa: F401 (fixtures)
+from test_multinode import ALICE, lab, needs_node, unique_sleep  # noqa: F401 (fixtures)
+from test_multinode_placement import start_submit_only_node
 
 
 @pytest.fixture
@@ -38,15 +38,7 @@ def network():
 
 def start_login_host(lab, name="login", host="h3"):
     """A submit-only node on `host`: it relays its users' requests and runs no job."""
-    workdir = os.path.join(lab.workdir, name)
-    os.mkdir(workdir)
-    os.chmod(workdir, 0o755)
-    node = Node(lab.installation, workdir, functools.partial(lab.network.run_in, host), name,
-                lab.master_address, lab.key, fake_gpus=None, heartbeat_interval=HEARTBEAT,
-                args=["--submit-only"])
-    lab.nodes[name] = node
-    lab.node_hosts[name] = host
-    node.start(wait=True)
+    node = start_submit_only_node(lab, name, host)
     lab.wait_nodes({name: ("idle", "mixed", "allocated")})
     return node
 
