@@ -16,6 +16,7 @@ in a fresh interpreter that imports it.
 import ast
 import functools
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -483,3 +484,18 @@ def test_the_client_import_check_sees_a_forbidden_import(tmp_path):
     root = _fake_package(tmp_path, {"__init__.py": "", "client.py": "import re\n"})
     probe = "import sys\nsys.path.insert(0, sys.argv[1])\nimport mgpu.client\nprint(','.join(sorted(sys.modules)))\n"
     assert "re" in loaded_by(root.parent, ["mgpu.client"], probe)
+
+
+def test_test_files_have_distinct_names_across_the_suites():
+    """`make test` collects test/unit, test/e2e and test/gpu in one pytest run, where two test
+    files of one name cannot both be imported."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen = {}
+    for suite in sorted(os.listdir(root)):
+        folder = os.path.join(root, suite)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("test_") and name.endswith(".py"):
+                assert name not in seen, "test/%s/%s and test/%s/%s share a name" % (seen.get(name), name, suite, name)
+                seen[name] = suite
