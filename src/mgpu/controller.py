@@ -315,11 +315,7 @@ class Controller:
             self._track_task(job)
         if job.state == JobState.PENDING:
             self.pending[job.id] = job
-            if job.dependency and not all(met for _, _, met in job.dependency):
-                self.blocked[job.id] = job
-                for _, dep_id, met in job.dependency:
-                    if not met:
-                        self._waiting_on.setdefault(dep_id, set()).add(job.id)
+            self._block(job.id, job)
         elif job.state == JobState.RUNNING:
             self.running[job.id] = job
         else:
@@ -351,12 +347,16 @@ class Controller:
         """A job array with tasks to start or running: kept, and blocked while its dependencies
         do not hold."""
         self.arrays[array.id] = array
-        template = array.template
-        if template.dependency and not all(met for _, _, met in template.dependency):
-            self.blocked[array.id] = template
-            for _, dep_id, met in template.dependency:
+        self._block(array.id, array.template)
+
+    def _block(self, key, job):
+        """Keep `job` (a pending job, or a job array's template under the array's id `key`) out
+        of the passes while some of its dependencies do not hold, noting what it waits on."""
+        if job.dependency and not all(met for _, _, met in job.dependency):
+            self.blocked[key] = job
+            for _, dep_id, met in job.dependency:
                 if not met:
-                    self._waiting_on.setdefault(dep_id, set()).add(array.id)
+                    self._waiting_on.setdefault(dep_id, set()).add(key)
 
     def _move(self, job, new, now, reason, cause):
         """Change a job's state (the one transition function, in model.Job) and its place in
@@ -434,11 +434,15 @@ class Controller:
         if self.blocked.pop(job.id, None) is None:
             return
         for _, dep_id, _ in job.dependency:
-            waiting = self._waiting_on.get(dep_id)
-            if waiting is not None:
-                waiting.discard(job.id)
-                if not waiting:
-                    del self._waiting_on[dep_id]
+            self._stop_waiting(dep_id, job.id)
+
+    def _stop_waiting(self, dep_id, key):
+        """Job (or array) `key` no longer waits on `dep_id`."""
+        waiting = self._waiting_on.get(dep_id)
+        if waiting is not None:
+            waiting.discard(key)
+            if not waiting:
+                del self._waiting_on[dep_id]
 
     def _settle_dependencies(self, now):
         """What the jobs that started or ended since the last call mean for the jobs that depend
@@ -477,20 +481,18 @@ class Controller:
         if not changed:
             return []
         if all(other != dep_id or met for _, other, met in job.dependency):
-            waiting = self._waiting_on.get(dep_id)
-            if waiting is not None:
-                waiting.discard(job.id)
-                if not waiting:
-                    del self._waiting_on[dep_id]
+            self._stop_waiting(dep_id, job.id)
         array = self.arrays.get(job.id)
-        save = SaveArray(array, whole=True) if array is not None and job is array.template else Save(job)
+        if array is not None and job is not array.template:
+            array = None  # a job of that id, not the array
+        save = Save(job) if array is None else SaveArray(array, whole=True)
         if not all(met for _, _, met in job.dependency):
             return [save]
         del self.blocked[job.id]
         self.dirty = True
         self._positions_valid = False
         return [save, Log("%s %d: its dependencies are satisfied (%s)" % (
-            "array" if array is not None and job is array.template else "job", job.id, _dependency_spec(job)))]
+            "job" if array is None else "array", job.id, _dependency_spec(job)))]
 
     def _dependency(self, pairs):
         """[[type, job id, met], ...] of a submission's dependency pairs, each pair once; refused

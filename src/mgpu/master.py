@@ -577,15 +577,12 @@ class Master:
             except queue.Empty:
                 reply = protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s"
                                        % transport.REPLY_TIMEOUT)
-            if reply.get("ok") and request.get("input"):
-                feed, refusal = self._input_feed(stream, reply["result"], uid, request)
-                reply["result"] = dict(reply["result"], input=feed is not None, input_refused=refusal)
-                if feed is not None:
-                    stream.accept_input()  # before the reply: the node sends input only after it
+            feed = self._grant_input(stream, reply, uid, request)
+            if feed is not None:
+                stream.accept_input()  # before the reply: the node sends input only after it
             stream.reply(reply)
             if reply.get("ok") and not stream.peer_closed():
-                self._stream(stream, reply["result"], bool(request.get("label")), request.get("follow", True),
-                             request.get("stream"), feed)
+                self._stream(stream, reply["result"], request, feed)
         except Exception as e:  # a bug in one stream must not leave a traceback behind
             log("internal error streaming through node %s: %s: %s" % (stream.link.name, type(e).__name__, e))
         finally:
@@ -737,16 +734,12 @@ class Master:
     def _serve_connection(self, connection, peer):
         for type_, fields, _ in connection.requests():
             reply = self._call(type_, fields, peer)
-            feed = None
-            if type_ == "attach" and reply.get("ok") and fields.get("input"):
-                feed, refusal = self._input_feed(connection, reply["result"], peer.uid, fields)
-                reply["result"] = dict(reply["result"], input=feed is not None, input_refused=refusal)
+            feed = self._grant_input(connection, reply, peer.uid, fields) if type_ == "attach" else None
             try:
                 if not connection.reply(reply):
                     return
                 if type_ == "attach" and reply.get("ok"):
-                    self._stream(connection, reply["result"], bool(fields.get("label")),
-                                 fields.get("follow", True), fields.get("stream"), feed)
+                    self._stream(connection, reply["result"], fields, feed)
                     return
             finally:
                 if feed is not None:
@@ -765,6 +758,15 @@ class Master:
         except queue.Empty:
             return protocol.error(errors.TIMEOUT, "the master did not answer within %.0f s" % transport.REPLY_TIMEOUT)
 
+    def _grant_input(self, connection, reply, uid, request):
+        """The _InputFeed of an attach that asked to send input and may (None otherwise); the
+        reply to the attach then says whether it may, and why not."""
+        if not (reply.get("ok") and request.get("input")):
+            return None
+        feed, refusal = self._input_feed(connection, reply["result"], uid, request)
+        reply["result"] = dict(reply["result"], input=feed is not None, input_refused=refusal)
+        return feed
+
     def _input_feed(self, connection, row, uid, fields):
         """(an _InputFeed, None) when this attach (of the client with `uid`, on this host or
         relayed by a node) may send the job input, else (None, why). Only the job's owner may,
@@ -781,14 +783,16 @@ class Master:
             self._input_jobs.add(row["id"])
         return _InputFeed(self, connection, row), None
 
-    def _stream(self, connection, row, label=False, follow=True, only=None, feed=None):
-        """Stream a job to an `srun -i`, `mgpu attach` or `mgpu logs`: status while it waits,
-        its output while it runs, and a last frame with its final state. Ends when the job ends
-        or the client goes away; without `follow`, once the output written so far is sent.
-        `connection`: anything with send(frame) and peer_closed(): a client's Connection, or a
-        nodelink.RelayStream for a client on a node's host. A job on several hosts streams its
-        rank 0; with `label`, every part, each line prefixed with its rank. `only`: "stdout" or
-        "stderr", that output file alone. Files are read as the job's user, never as root."""
+    def _stream(self, connection, row, request, feed=None):
+        """Stream a job to an `srun -i`, `mgpu attach` or `mgpu logs` (`request`: the attach's
+        fields): status while it waits, its output while it runs, and a last frame with its
+        final state. Ends when the job ends or the client goes away; without `follow`, once the
+        output written so far is sent. `connection`: anything with send(frame) and
+        peer_closed(): a client's Connection, or a nodelink.RelayStream for a client on a node's
+        host. A job on several hosts streams its rank 0; with `label`, every part, each line
+        prefixed with its rank. `stream`: "stdout" or "stderr", that output file alone. Files
+        are read as the job's user, never as root."""
+        label, follow, only = bool(request.get("label")), request.get("follow", True), request.get("stream")
         watcher = _Watcher(row["id"])
         self.events.put({"kind": "watch", "watcher": watcher})
         files, partial = {}, {}

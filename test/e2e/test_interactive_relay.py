@@ -16,24 +16,16 @@ import time
 
 import pytest
 
-import netns
 from harness import popen_as, wait_for
 from test_interactive import Terminal, pids_of
-from test_multinode import ALICE, lab, needs_node, unique_sleep  # noqa: F401 (fixtures)
+from test_multinode import ALICE, lab, namespaced_hosts, needs_node, unique_sleep  # noqa: F401 (fixtures)
 from test_multinode_placement import start_submit_only_node
 
 
 @pytest.fixture
 def network():
     """Hosts h0 (the master), h1, h2 (nodes with GPUs) and h3 (a submit-only login host)."""
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    net = netns.Network(hosts=4).setup()
-    yield net
-    problems = net.teardown()
-    if problems:
-        pytest.fail("network teardown: " + "; ".join(problems), pytrace=False)
+    yield from namespaced_hosts(4)
 
 
 def start_login_host(lab, name="login", host="h3"):

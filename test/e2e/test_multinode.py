@@ -74,17 +74,23 @@ def unique_sleep():
 
 # --- fixtures --------------------------------------------------------------------------------
 
-@pytest.fixture
-def network():
-    """Hosts h0 (the master), h1, h2 in network namespaces; removed after the test."""
+def namespaced_hosts(hosts):
+    """A fixture's body: `hosts` network namespaces (h0, h1, ...), yielded, then removed (the
+    test fails if they cannot be); skipped where namespaces are not available."""
     reason = netns.unavailable()
     if reason:
         pytest.skip(reason)
-    net = netns.Network(hosts=3).setup()
+    net = netns.Network(hosts=hosts).setup()
     yield net
     problems = net.teardown()
     if problems:
         pytest.fail("network teardown: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def network():
+    """Hosts h0 (the master), h1, h2 in network namespaces; removed after the test."""
+    yield from namespaced_hosts(3)
 
 
 class Lab:

@@ -408,6 +408,29 @@ def _width():
     return (columns or 80) - 2
 
 
+MAX_IDS_NAMED = 1000  # job ids in one -j (protocol.MAX_IDS_NAMED)
+
+
+def job_filters(args, parser):
+    """The request fields of the filters `queue` and `history` share: --user or --me,
+    --state, -j (usage errors through `parser`)."""
+    fields = {}
+    if args.user and args.me:
+        parser.error("give either --me or --user, not both")
+    if args.user:
+        fields["user"] = args.user
+    if args.me:
+        fields["mine"] = True
+    if args.state:
+        fields["state"] = args.state
+    if args.jobs is not None:
+        try:
+            fields["ids"] = parse_job_ids(args.jobs, MAX_IDS_NAMED)
+        except ValueError as e:
+            parser.error(str(e))
+    return fields
+
+
 def parse_job_ids(text, most):
     """Job ids from `-j 12,13`: distinct whole numbers from 1 to MAX_JOB_ID, at most `most`
     of them; ValueError (one line) otherwise."""

@@ -4,10 +4,9 @@ import datetime
 import sys
 import time
 
-from mgpu.cli.common import Parser, parse_job_ids
+from mgpu.cli.common import Parser, job_filters
 from mgpu.client import call
 
-MAX_IDS = 1000           # protocol.MAX_IDS_NAMED
 MAX_LIMIT = 10_000       # protocol.MAX_HISTORY_LIMIT
 DEFAULT_LIMIT = 1000     # protocol.DEFAULT_HISTORY_LIMIT
 MAX_TIME = 1 << 40       # protocol.MAX_TIME
@@ -91,20 +90,7 @@ def build_parser():
 
 
 def build_request(args, parser, now):
-    fields = {}
-    if args.user and args.me:
-        parser.error("give either --me or --user, not both")
-    if args.user:
-        fields["user"] = args.user
-    if args.me:
-        fields["mine"] = True
-    if args.state:
-        fields["state"] = args.state
-    if args.jobs is not None:
-        try:
-            fields["ids"] = parse_job_ids(args.jobs, MAX_IDS)
-        except ValueError as e:
-            parser.error(str(e))
+    fields = job_filters(args, parser)
     try:
         since = parse_when(args.since, now) if args.since is not None else (
             None if args.jobs is not None else midnight(now))

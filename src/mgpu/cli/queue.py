@@ -1,9 +1,8 @@
 """`mgpu queue`: show jobs and GPUs."""
 
-from mgpu.cli.common import Parser, parse_job_ids
+from mgpu.cli.common import Parser, job_filters
 from mgpu.client import call
 
-MAX_IDS = 1000  # protocol.MAX_IDS_NAMED
 
 EXAMPLES = """examples:
   mgpu queue                    pending and running jobs, then the GPUs
@@ -33,20 +32,7 @@ def build_parser():
 def main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
-    fields = {"all": args.all}
-    if args.user and args.me:
-        parser.error("give either --me or --user, not both")
-    if args.user:
-        fields["user"] = args.user
-    if args.me:
-        fields["mine"] = True
-    if args.jobs is not None:
-        try:
-            fields["ids"] = parse_job_ids(args.jobs, MAX_IDS)
-        except ValueError as e:
-            parser.error(str(e))
-    if args.state:
-        fields["state"] = args.state
+    fields = dict(job_filters(args, parser), all=args.all)
     result = call("queue", **fields)
     from mgpu.cli import render
 
