@@ -12,7 +12,6 @@ import struct
 import subprocess
 import termios
 import threading
-import time
 
 from harness import popen_as, request, wait_for
 
@@ -44,8 +43,12 @@ class Terminal:
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def start(self, cluster, user, *args):
+        return self.start_via(cluster, cluster.master.socket, user, *args)
+
+    def start_via(self, cluster, socket, user, *args):
+        """start() with the client talking to the daemon at `socket` (a node's, on its host)."""
         argv = list(cluster.installation.command(user)) + [str(a) for a in args]
-        env = cluster.installation.env(cluster.master.socket, user, {"TERM": "xterm"})
+        env = cluster.installation.env(socket, user, {"TERM": "xterm"})
         self.process = popen_as(user, argv, env, stdin=self.slave, stdout=self.slave, stderr=self.slave,
                                 start_new_session=True)
         os.close(self.slave)

@@ -11,7 +11,6 @@ import re
 import secrets
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -44,20 +43,6 @@ def job_of(stderr):
     found = re.search(r"job (\d+)", stderr)
     assert found, stderr
     return int(found.group(1))
-
-
-class NodeTerminal(Terminal):
-    """A Terminal whose client talks to the node on its host instead of the master."""
-
-    def start_via(self, cluster, socket, user, *args):
-        argv = list(cluster.installation.command(user)) + [str(a) for a in args]
-        env = cluster.installation.env(socket, user, {"TERM": "xterm"})
-        self.process = popen_as(user, argv, env, stdin=self.slave, stdout=self.slave, stderr=self.slave,
-                                start_new_session=True)
-        os.close(self.slave)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        return self.process
 
 
 def until_shown(terminal, keys, text, at, timeout=30):
@@ -107,7 +92,7 @@ def test_a_large_piped_input_arrives_whole_through_the_relay(lab):
 @needs_node
 def test_a_pty_session_from_a_node_host_to_a_job_on_another_host(lab):
     cluster = lab.start_cluster()
-    terminal = NodeTerminal(rows=37, cols=111)
+    terminal = Terminal(rows=37, cols=111)
     before = terminal.attributes()
     sleep = unique_sleep()
     client = None
