@@ -189,6 +189,19 @@ def test_out_of_range_numbers_are_invalid_arguments(field, value):
     assert field in text
 
 
+def test_attach_takes_follow_and_one_of_its_output_streams():
+    attach = lambda **fields: protocol.request("attach", job_id=5, **fields)  # noqa: E731
+    assert protocol.check_request(attach(follow=False, stream="stderr"))[1] == {
+        "job_id": 5, "follow": False, "stream": "stderr"}
+    assert protocol.check_request(attach(stream="stdout"))[1]["stream"] == "stdout"
+    text = check_fails(attach(stream="both"), errors.INVALID_ARGUMENT)
+    assert text == "attach: stream must be one of stdout, stderr"
+    check_fails(attach(stream="x" * 17), errors.INVALID_ARGUMENT)   # over its 16 characters
+    check_fails(attach(stream="/etc/shadow"), errors.INVALID_ARGUMENT)
+    for bad in ({"follow": 1}, {"follow": "yes"}, {"stream": 1}, {"stream": ["stdout"]}):
+        check_fails(attach(**bad), errors.BAD_REQUEST)
+
+
 def test_zero_gpus_is_a_valid_request():
     assert protocol.check_request(submit(gpus=0))[1]["gpus"] == 0
 
