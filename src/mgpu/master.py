@@ -1032,7 +1032,7 @@ class _ReplyToLink:
         self.link, self.request_id = link, request_id
 
     def put(self, message):
-        self.link.relay_reply(self.request_id, message)
+        self.link.relay_reply(self.request_id, protocol.plain(message))
 
 
 def _account_by_name(name):

@@ -94,9 +94,46 @@ MAX_HISTORY_LIMIT = 10_000       # finished jobs in one history reply
 DEFAULT_HISTORY_LIMIT = 1000
 MAX_TIME = 1 << 40               # epoch seconds (far beyond any real date)
 
+class Encoded:
+    """A value already encoded as JSON text (e.g. rows kept encoded between replies), sent as it
+    is: only as a value of a reply's `result` object."""
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
+def _dumps_result(message):
+    """`message` as JSON, with the text of each Encoded value of its result put in as it is."""
+    result = ",".join("%s:%s" % (_dumps(key), value.text if type(value) is Encoded else _dumps(value))
+                      for key, value in message["result"].items())
+    rest = "".join(",%s:%s" % (_dumps(key), _dumps(value)) for key, value in message.items() if key != "result")
+    return '{"result":{%s}%s}' % (result, rest)
+
+
+def encode_value(value):
+    """A JSON value as text (for an Encoded)."""
+    return _dumps(value)
+
+
+def plain(message):
+    """`message` with each Encoded value of its result decoded again (to put it inside another
+    message, e.g. a relayed reply)."""
+    result = message.get("result")
+    if type(result) is not dict or not any(type(value) is Encoded for value in result.values()):
+        return message
+    result = {key: _loads(value.text) if type(value) is Encoded else value for key, value in result.items()}
+    return dict(message, result=result)
+
+
 def encode(message):
     """One frame: the message as a JSON line."""
-    data = (_dumps(message) + "\n").encode("utf-8", "surrogateescape")
+    result = message.get("result")
+    if type(result) is dict and any(type(value) is Encoded for value in result.values()):
+        text = _dumps_result(message)
+    else:
+        text = _dumps(message)
+    data = (text + "\n").encode("utf-8", "surrogateescape")
     if len(data) > MAX_REPLY:
         raise MgpuError(errors.TOO_LARGE, "message of %d bytes is over the %d-byte limit"
                         % (len(data), MAX_REPLY))
@@ -292,7 +329,7 @@ REQUESTS = {
         "array_throttle": (_OPT_INT, False),
     },
     "queue": {"all": ((bool,), False), "user": (_OPT_STR, False), "state": (_OPT_STR, False),
-              "ids": ((list, type(None)), False), "mine": ((bool,), False)},
+              "ids": ((list, type(None)), False), "mine": ((bool,), False), "brief": ((bool,), False)},
     "history": {"user": (_OPT_STR, False), "mine": ((bool,), False), "state": (_OPT_STR, False),
                 "ids": ((list, type(None)), False), "since": (_OPT_INT, False), "limit": (_OPT_INT, False)},
     "show": {"job_id": (_INT, True), "array_task_id": (_OPT_INT, False)},

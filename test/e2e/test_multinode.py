@@ -429,6 +429,10 @@ def test_clients_on_a_node_host_are_relayed_with_their_own_identity(lab):
     assert running["user"] == ALICE and running["uid"] == pwd.getpwnam(ALICE).pw_uid
     listed = cluster.run(BOB, "queue", "--json", env=via_n2)
     assert listed.returncode == 0 and job in [j["id"] for j in json.loads(listed.stdout)["jobs"]]
+    table = cluster.run(BOB, "queue", env=via_n2)  # the table's compact reply, relayed
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith("%d " % job))
+    assert row[1:3] == [ALICE, "RUNNING"], table.stdout
     refused = cluster.run(BOB, "cancel", str(job), env=via_n2)
     assert refused.returncode == 1
     assert refused.stderr == "mgpu: cannot cancel job %d: permission denied: job %d belongs to %s\n" % (job, job, ALICE)

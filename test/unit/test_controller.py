@@ -8,7 +8,7 @@ from unittest.mock import ANY
 
 import pytest
 
-from mgpu import errors, protocol
+from mgpu import cells, errors, protocol
 from mgpu.controller import Controller, Launch, Log, ReadHistory, Release, Reply, Save, Settings, SignalJob
 from mgpu.model import Job, JobState
 
@@ -902,6 +902,63 @@ def test_queue_without_all_hides_finished_jobs_and_filters_by_user():
     assert [r["id"] for r in queue(c)["jobs"]] == [mine, theirs]
     assert [r["id"] for r in queue(c, user="bob")["jobs"]] == [theirs]
     assert {r["id"] for r in queue(c, all=True)["jobs"]} == {done, mine, theirs}
+
+
+def brief_lines(c, now=T0, **fields):
+    """The table rows of a compact queue reply, as a client reads them off the wire."""
+    result = protocol.decode(protocol.encode(reply(request(c, "queue", dict(fields, brief=True), ALICE, now))))
+    assert result["ok"], result
+    return [line.split(cells.SEPARATOR) for line in result["result"]["cells"]]
+
+
+def test_the_compact_queue_reply_has_the_table_cells_of_the_full_rows():
+    c = make(gpus=2)
+    done = running_job(c)
+    exited(c, done, T0 + 1, exit_code=1)
+    running = running_job(c, now=T0 + 1, name="train", mem_mb=4000)
+    pending = submitted(c, now=T0 + 2, gpus=2, priority=3)
+    theirs = submitted(c, peer=BOB, now=T0 + 2, command=["sleep", "\x1b[2J"], name="a\x7fb\tc")
+    c.schedule(T0 + 2)
+    full = queue(c, all=True, now=T0 + 3)["jobs"]
+    assert brief_lines(c, now=T0 + 3, all=True) == [cells.queue_cells(row, T0 + 3) for row in full]
+    lines = {int(row[0]): row for row in brief_lines(c, now=T0 + 3, all=True)}
+    assert set(lines) == {done, running, pending, theirs}
+    assert lines[running][1:5] == ["alice", "RUNNING", "0", "1 (0) x4000M"] and lines[running][5] == repr(T0 + 1)
+    assert lines[running][6] == "0:02" and lines[running][11] == "n1:0"
+    assert lines[done][2] == "FAILED" and lines[done][9] == "1"
+    assert lines[pending][2:5] == ["PENDING", "3", "2"] and lines[pending][5] == ""
+    assert lines[pending][11].startswith("(") and lines[pending][11] == "(%s)" % c.waiting[pending]
+    # Escaped on the master: no terminal control goes out, and no name splits its row.
+    assert lines[theirs][10] == "a\\x7fb\\tc" and len(lines[theirs]) == len(cells.COLUMNS)
+    assert [int(row[0]) for row in brief_lines(c, user="bob")] == [theirs]
+    assert [int(row[0]) for row in brief_lines(c, state="RUNNING")] == [running]
+
+
+def test_a_pending_jobs_kept_table_row_follows_its_reason_and_leaves_with_it():
+    c = make(gpus=1)
+    holder = running_job(c)
+    waiting = submitted(c, now=T0 + 1)
+    c.schedule(T0 + 1)
+    first = {int(row[0]): row for row in brief_lines(c)}
+    assert first[waiting][11] == "(%s)" % c.waiting[waiting]
+    c.waiting[waiting] = "Priority: behind job 1"  # as a later pass may find
+    assert {int(row[0]): row for row in brief_lines(c)}[waiting][11] == "(Priority: behind job 1)"
+    assert c._cells and waiting in c._cells
+    exited(c, holder, T0 + 2)
+    c.schedule(T0 + 2)
+    rows = {int(row[0]): row for row in brief_lines(c, now=T0 + 3)}
+    assert rows[waiting][2] == "RUNNING" and holder not in rows
+    assert waiting not in c._cells  # no longer pending: its kept row is gone
+
+
+def test_a_compact_reply_relayed_to_a_node_is_plain_json_again():
+    c = make(gpus=1)
+    submitted(c)
+    message = reply(request(c, "queue", {"brief": True}))
+    assert isinstance(message["result"]["cells"], protocol.Encoded)
+    relayed = protocol.plain(message)
+    assert relayed["result"]["cells"] == protocol.decode(protocol.encode(message))["result"]["cells"]
+    assert protocol.decode(protocol.encode({"type": "relay_reply", "reply": relayed}))["reply"] == relayed
 
 
 def test_only_the_newest_finished_jobs_are_kept_in_memory():

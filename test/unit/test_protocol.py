@@ -166,6 +166,7 @@ def test_missing_required_fields_are_named(missing):
     submit(requeue="yes"), submit(requeue=1), submit(name=3), submit(priority=1.5),
     protocol.request("cancel", ids=["1"]), protocol.request("cancel", ids=5),
     protocol.request("queue", all="yes"), protocol.request("queue", state=["RUNNING"]),
+    protocol.request("queue", brief="yes"), protocol.request("queue", brief=1),
     protocol.request("attach"), protocol.request("attach", job_id="3"),
 ], ids=lambda m: json.dumps({k: v for k, v in m.items() if k not in ("v", "cwd", "env", "command")}
                             or m)[:60])
@@ -572,3 +573,13 @@ def test_the_version_is_the_integer_one_only(version):
 
 def test_check_request_refuses_a_non_object():
     check_fails([1, 2], errors.BAD_REQUEST)
+
+
+def test_an_encoded_value_goes_into_the_frame_as_it_is():
+    rows = protocol.Encoded('["1\\talice","2\\tbob"]')
+    frame = protocol.encode(protocol.ok({"cells": rows, "time": 5.0, "nodes": [{"name": "n\u00e9"}]}))
+    assert frame.endswith(b"\n") and frame.count(b"\n") == 1
+    assert protocol.decode(frame) == {"ok": True, "result": {"cells": ["1\talice", "2\tbob"], "time": 5.0,
+                                                             "nodes": [{"name": "n\u00e9"}]}}
+    with pytest.raises(TypeError):  # only as a value of a reply's result: anywhere else it is no JSON
+        protocol.encode({"type": "relay_reply", "reply": protocol.ok({"cells": rows})})

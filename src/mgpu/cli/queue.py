@@ -1,5 +1,7 @@
 """`mgpu queue`: show jobs and GPUs."""
 
+from mgpu import cells, errors
+from mgpu.errors import MgpuError
 from mgpu.cli.common import Parser, job_filters
 from mgpu.client import call
 
@@ -33,16 +35,23 @@ def main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     fields = dict(job_filters(args, parser), all=args.all)
-    result = call("queue", **fields)
+    # The table needs only its cells: the master sends those (`brief`), --json every field.
+    result = call("queue", brief=not args.json, **fields)
     from mgpu.cli import render
 
     if args.json:
         print(render.as_json(result))
         return 0
-    jobs = result["jobs"]
-    show_exit = args.all or any(j["state"] not in ("PENDING", "RUNNING") for j in jobs)
+    lines = result["cells"]
     now = render.now_of(result)
-    print(render.jobs_table(jobs, now, show_exit))
+    try:
+        show_exit = args.all or any(line.split(cells.SEPARATOR, 3)[2] not in ("PENDING", "RUNNING")
+                                    for line in lines)
+        shown = render.cells_table(lines, now, show_exit)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        raise MgpuError(errors.BAD_REQUEST, "the master's queue reply is malformed (not rows of %d cells)"
+                        % len(cells.COLUMNS)) from None
+    print(shown)
     nodes = result["nodes"]
     if len(nodes) > 1 or any(node.get("address") for node in nodes):
         print()

@@ -1,119 +1,48 @@
 """Tables and JSON for what the client shows.
 
-Every text a user chose (job name, command, reason, user, node and GPU names) goes through
-`text()`: other users see it in their terminals, so control characters (terminal escapes,
-newlines, C1 controls) and other invisible or unencodable characters are shown as visible
-escapes (`\\x1b`, `\\n`, `\\u0085`). JSON output stays exact: json.dumps escapes them itself.
+Every text a user chose goes through `text()` (see mgpu.cells): other users see it in their
+terminals. JSON output stays exact: json.dumps escapes it itself.
 """
 
 import os
 import time
 
+from mgpu import cells
+from mgpu.cells import elapsed, gpus_cell, job_label, name_cell, text  # noqa: F401 (the cells' texts)
 from mgpu.model import format_duration
-
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def text(value):
-    """`value` as one line of harmless printable text."""
-    value = str(value)
-    if value.isprintable():  # the common case: nothing to escape
-        return value
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in value)
-
-
-def _escape(ch):
-    named = _NAMED_ESCAPES.get(ch)
-    if named:
-        return named
-    code = ord(ch)
-    if code < 0x80:
-        return "\\x%02x" % code
-    return "\\u%04x" % code if code <= 0xFFFF else "\\U%08x" % code
 
 
 def table(headers, rows):
     """Left-aligned columns separated by two spaces; the last column is not padded."""
     widths = [len(h) for h in headers]
+    if rows:
+        widths = [max(width, max(map(len, column))) for width, column in zip(widths, zip(*rows))]
+    line = "  ".join("%%-%ds" % width for width in widths[:-1]) + ("  %s" if len(widths) > 1 else "%s")
+    return "\n".join((line % tuple(row)).rstrip() for row in [headers] + rows)
+
+
+def cells_table(lines, now, show_exit):
+    """`mgpu queue`'s jobs table from its rows as the master sends them (cells.queue_line): the
+    EXIT column only with `show_exit`."""
+    headers = list(cells.COLUMNS)
+    start, exit_ = cells.START, cells.EXIT
+    rows = [line.split(cells.SEPARATOR) for line in lines]
     for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in [headers] + rows:
-        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-MAX_ARRAY_LABEL = 40  # characters of the task ids shown in a pending array's JOBID cell
-
-
-def job_label(job):
-    """The JOBID cell: `42`, `12_7` for a task of job array 12, `12_[5-1000%8]` for the tasks of
-    array 12 that have not started (with its throttle)."""
-    array_id = job.get("array_job_id")
-    if array_id is None:
-        return str(job["id"])
-    if job.get("array_task_id") is not None:
-        return "%s_%s" % (array_id, job["array_task_id"])
-    tasks = str(job.get("array_tasks") or "")
-    if len(tasks) > MAX_ARRAY_LABEL:
-        tasks = tasks[:MAX_ARRAY_LABEL - 3] + "..."
-    if job.get("array_throttle"):
-        tasks += "%%%s" % job["array_throttle"]
-    return "%s_[%s]" % (array_id, tasks)
-
-
-def gpus_cell(job):
-    hosts = job.get("nnodes") or 1
-    if hosts > 1:  # N hosts x G GPUs; which ones: in the NODE:GPUS cell
-        cell = "%dx%d" % (hosts, job["gpus"])
-    else:
-        cell = str(job["gpus"])
-    if job["gpu_ids"] and hosts == 1:
-        cell += " (%s)" % ",".join(map(str, job["gpu_ids"]))
-    if job.get("mem_mb"):
-        cell += " x%dM" % job["mem_mb"]
-    return cell
-
-
-def elapsed(job, now):
-    if job["start_time"] is None:
-        return "0:00"
-    end = job["end_time"] if job["end_time"] is not None else now
-    return format_duration(end - job["start_time"])
-
-
-def where_or_why(job):
-    state = job["state"]
-    if state == "PENDING":
-        return "(%s)" % text(job.get("reason") or "waiting")
-    if state == "RUNNING":
-        parts = job.get("nodes") or [{"name": job["node"], "gpu_ids": job["gpu_ids"]}]
-        cell = " ".join("%s:%s" % (text(part["name"]), ",".join(map(str, part["gpu_ids"])) or "-")
-                        for part in parts)
-        if job.get("stopping"):
-            cell += " (stopping: %s)" % text(job.get("reason") or "")
-        return cell
-    return text(job.get("reason") or "")
+        row[start] = clock(float(row[start]), now) if row[start] else "-"
+    rows.insert(0, headers)
+    if any(len(row) != len(headers) for row in rows):
+        raise ValueError("a queue row has not %d cells" % len(headers))
+    widths = [max(map(len, column)) for column in zip(*rows)]
+    formats = ["%%-%ds" % width for width in widths[:-1]] + ["%s"]
+    if not show_exit:
+        formats[exit_] = "%.0s"  # the cell is there, shown as nothing
+    line = "  ".join(formats).replace("%.0s  ", "%.0s")
+    return "\n".join((line % tuple(row)).rstrip() for row in rows)
 
 
 def jobs_table(jobs, now, show_exit):
-    headers = ["JOBID", "USER", "STATE", "PRI", "GPUS", "START", "TIME", "LIMIT", "RESTARTS"]
-    if show_exit:
-        headers.append("EXIT")
-    headers += ["NAME", "NODE:GPUS (REASON)"]
-    rows = []
-    for job in jobs:
-        row = [job_label(job), text(job["user"]), text(job["state"]), str(job["priority"]), gpus_cell(job),
-               clock(job.get("start_time"), now), elapsed(job, now), format_duration(job["time_limit"]),
-               str(job.get("restarts") or 0)]
-        if show_exit:
-            row.append("" if job["exit_code"] is None else str(job["exit_code"]))
-        name = text(job.get("name") or " ".join(map(str, job["command"])))
-        row += [name if len(name) <= 40 else name[:37] + "...", where_or_why(job)]
-        rows.append(row)
-    return table(headers, rows)
+    """`mgpu queue`'s jobs table from full queue rows."""
+    return cells_table([cells.queue_line(job, now) for job in jobs], now, show_exit)
 
 
 IN_SERVICE = ("idle", "mixed", "allocated")  # other node states (down, drained, unreachable) are shown by name
@@ -197,18 +126,13 @@ def placement(job):
     return " ".join("%s:%s" % (text(part["name"]), ",".join(map(str, part["gpu_ids"])) or "-") for part in parts)
 
 
-def _name_cell(job):
-    name = text(job.get("name") or " ".join(map(str, job["command"])))
-    return name if len(name) <= 40 else name[:37] + "..."
-
-
 def history_table(jobs, now):
     """`mgpu history`: one row per finished job, oldest first."""
     headers = ["JOBID", "USER", "NAME", "STATE", "EXIT", "SUBMIT", "START", "END", "ELAPSED", "GPUS",
                "NODE:GPUS"]
     rows = []
     for job in jobs:
-        rows.append([job_label(job), text(job["user"]), _name_cell(job), text(job["state"]),
+        rows.append([job_label(job), text(job["user"]), name_cell(job), text(job["state"]),
                      "" if job["exit_code"] is None else str(job["exit_code"]), clock(job["submit_time"], now),
                      clock(job["start_time"], now), clock(job["end_time"], now),
                      elapsed(job, now) if job["start_time"] is not None else "-", gpus_cell(job), placement(job)])
