@@ -839,14 +839,15 @@ class Controller:
 
     def _table_cells(self, jobs, now):
         """The jobs' table rows (cells.queue_line), as a JSON list of strings in a
-        protocol.Encoded. A plain pending job's are kept, with what they show that can change
-        (its reason, priority, restarts, limit), and made again only when that changed: ten
-        thousand pending jobs cost a dictionary lookup each."""
+        protocol.Encoded. A plain pending job's (not an array's, not one waiting on others) are
+        kept, with what they show that can change (its reason, priority, restarts, limit), and
+        made again only when that changed: ten thousand pending jobs cost a lookup each."""
         kept, fresh = self._cells, {}
         encode = protocol.encode_value
         out = []
         for job in jobs:
-            if job.state == JobState.PENDING and job.array_job_id is None and job.id not in self.blocked:
+            if (job.state == JobState.PENDING and job.array_job_id is None and job.id not in self.arrays
+                    and job.id not in self.blocked):
                 key = (self.waiting.get(job.id, job.reason), job.priority, job.restarts, job.time_limit)
                 entry = kept.get(job.id)
                 if entry is None or entry[0] != key:

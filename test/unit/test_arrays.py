@@ -4,7 +4,7 @@ restart through the store."""
 
 import pytest
 
-from mgpu import errors, protocol
+from mgpu import cells, errors, protocol
 from mgpu.cli import cancel as cancel_cli
 from mgpu.cli import render
 from mgpu.cli import srun as srun_cli
@@ -223,6 +223,12 @@ def test_queue_rows_of_an_array():
         PENDING, 998, 1000, 1)
     assert rows[0]["array_job_id"] == array_id and rows[0]["array_task_id"] == 1
     assert [render.job_label(r) for r in queue(c, ids=[array_id])["jobs"]] == ["1_1", "1_2", "1_[3-1000%8]"]
+    # The table's compact reply: the same rows, the array's pending tasks as one, twice (kept rows).
+    for _ in range(2):
+        brief = protocol.decode(protocol.encode(reply(request(c, "queue", {"brief": True}))))["result"]["cells"]
+        table = [line.split(cells.SEPARATOR) for line in brief]
+        assert [row[0] for row in table] == ["1_1", "1_2", "1_[3-1000%8]", str(other)]
+        assert table[2][11] == "(%s)" % pending["reason"] and table[2][11] != "(submitted)"
 
 
 def test_cancel_one_task_a_range_and_the_whole_array():
