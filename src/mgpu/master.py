@@ -92,14 +92,45 @@ class _PendingReply:
 
 
 class _Watcher:
-    """One `srun -i` stream's inbox of job updates."""
+    """One `srun -i` stream's inbox of job updates. A stream that also waits on its client's
+    input asks for wake_fd(): each update then writes a byte to that pipe, which ends the wait."""
 
-    __slots__ = ("job_id", "updates", "closed")
+    __slots__ = ("job_id", "updates", "closed", "_pipe", "_lock")
 
     def __init__(self, job_id):
         self.job_id = job_id
         self.updates = queue.SimpleQueue()
         self.closed = False
+        self._pipe = None
+        self._lock = threading.Lock()
+
+    def wake_fd(self):
+        """The read end of the wake-up pipe (made on first use), emptied of earlier wake-ups."""
+        with self._lock:
+            if self._pipe is None:
+                self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.read(self._pipe[0], 4096)
+            except OSError:
+                pass
+            return self._pipe[0]
+
+    def put(self, row):
+        self.updates.put(row)
+        with self._lock:
+            if self._pipe is not None:
+                try:
+                    os.write(self._pipe[1], b"w")
+                except OSError:
+                    pass  # full: a wake-up is pending already
+
+    def close(self):
+        with self._lock:
+            self.closed = True
+            if self._pipe is not None:
+                for fd in self._pipe:
+                    os.close(fd)
+                self._pipe = None
 
 
 class Master:
@@ -717,7 +748,7 @@ class Master:
     def _push(self, watcher):
         job = self.controller.jobs.get(watcher.job_id)
         if job is not None:
-            watcher.updates.put(self.controller.job_row(job))
+            watcher.put(self.controller.job_row(job))
 
     def _update_watchers(self):
         for job_id in list(self.watchers):
@@ -803,8 +834,10 @@ class Master:
             while True:
                 poll = STREAM_POLL_RUNNING if row["state"] == JobState.RUNNING else STREAM_POLL_PENDING
                 if feed is not None and feed.waits_on_client(row):
-                    # Input wakes the stream at once; job updates wait for the poll's end.
-                    connection.readable(STREAM_POLL_TERMINAL if row.get("stdin") == "pty" else poll)
+                    # Input and job updates wake the stream at once (over a node's relay,
+                    # updates wait for the poll's end).
+                    connection.readable(STREAM_POLL_TERMINAL if row.get("stdin") == "pty" else poll,
+                                        wake_fd=watcher.wake_fd())
                     poll = 0
                 try:
                     row = watcher.updates.get(timeout=poll) if poll else watcher.updates.get_nowait()
@@ -835,7 +868,7 @@ class Master:
         except OSError:
             return
         finally:
-            watcher.closed = True
+            watcher.close()
             for output in files.values():
                 if output is not None:
                     output.close()
@@ -964,7 +997,9 @@ class _InputFeed:
         return row["state"] == JobState.RUNNING and row["started"]
 
     def waits_on_client(self, row):
-        return self._running(row) and self.frame is None
+        """The stream waits on the client's next frame, not only on job updates: while the job
+        runs, takes input and the client's input has not ended."""
+        return self._running(row) and self.frame is None and not self.finished
 
     def pump(self, row):
         """Forward what the client has sent, as far as the job takes it; False when the client

@@ -477,9 +477,10 @@ class RelayStream:
         with self._arrived:
             self._arrived.notify_all()
 
-    def readable(self, timeout):
+    def readable(self, timeout, wake_fd=None):
         """True when an input frame is queued, or the stream's input is over (read() says how),
-        now or within `timeout` seconds."""
+        now or within `timeout` seconds (`wake_fd` is not watched here: job updates wait for
+        the end of `timeout`)."""
         with self._arrived:
             if not self._ready():
                 self._arrived.wait(max(0.0, timeout))

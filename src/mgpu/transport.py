@@ -131,18 +131,20 @@ class Connection:
                 return None
             buffer += chunk
 
-    def readable(self, timeout):
+    def readable(self, timeout, wake_fd=None):
         """True when a frame (or a piece of one, or the end of the stream) can be read now or
-        arrives within `timeout` seconds."""
+        arrives within `timeout` seconds. A byte on `wake_fd` (a pipe's read end) ends the wait
+        early (False): the caller has something else to look at."""
         if b"\n" in self._buffer:
             return True
         import select
 
+        waited = [self.sock] if wake_fd is None else [self.sock, wake_fd]
         try:
-            readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+            readable, _, _ = select.select(waited, [], [], max(0.0, timeout))
         except (OSError, ValueError):
             return True  # closed: the read says so
-        return bool(readable)
+        return self.sock in readable
 
     def peer_closed(self):
         """True when the peer has closed its end (checked without blocking or consuming)."""
