@@ -233,6 +233,9 @@ def test_the_network_harness(record_property):
         network.restore("h1")
         assert network.ping("h0", "h1", timeout=5)
         sleeper = network.run_in("h2", ["sleep", unique_sleep()])
+        deadline = time.monotonic() + 10  # `ip netns exec` enters the namespace, then execs sleep
+        while network.pids("h2") != {sleeper.pid} and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert network.pids("h2") == {sleeper.pid}
         created = list(network.created)
     assert sleeper.poll() is not None  # killed at teardown
