@@ -2,7 +2,7 @@
 
 import sys
 
-from mgpu.cli import main
+from mgpu.cli import finish, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

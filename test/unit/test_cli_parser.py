@@ -1,6 +1,10 @@
 """The command line parser of every role (cli/common.py): argparse's way of reading a command
 line, without prefix matching, with one-line errors."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from mgpu.cli import cancel as cancel_cli
@@ -9,6 +13,8 @@ from mgpu.cli import logs as logs_cli
 from mgpu.cli import queue as queue_cli
 from mgpu.cli import srun as srun_cli
 from mgpu.errors import EXIT_USAGE
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
 
 def srun(*argv):
@@ -129,3 +135,29 @@ def test_help_shows_usage_description_options_and_examples(capsys):
 def test_the_option_strings_of_srun_are_listed_for_sbatch():
     names = srun_cli.build_parser().option_strings()
     assert {"--gpus", "-G", "--partition", "-p", "--help"} <= names and "--gpu" not in names
+
+
+def _run_cli(*argv, stdout=subprocess.PIPE):
+    env = dict(os.environ, PYTHONPATH=SRC, MGPU_SOCKET="/nonexistent/mgpu.sock")
+    return subprocess.run([sys.executable, "-m", "mgpu", *argv], env=env, stdout=stdout,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_a_client_command_exits_with_its_code_and_its_output_flushed():
+    done = _run_cli("queue", "--help")
+    assert done.returncode == 0 and done.stdout.decode().startswith("usage: mgpu queue") and not done.stderr
+    assert done.stdout.endswith(b"\n") and b"examples:" in done.stdout
+    refused = _run_cli("queue")  # no master: one line on stderr, exit 1
+    assert refused.returncode == 1 and refused.stderr.decode().count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith(b"mgpu: ")
+    assert _run_cli("nosuch").returncode == 2
+
+
+def test_a_client_whose_reader_went_away_exits_quietly():
+    reader, writer = os.pipe()
+    os.close(reader)  # `mgpu ... | head` after head has gone
+    try:
+        done = _run_cli("queue", "--help", stdout=writer)
+    finally:
+        os.close(writer)
+    assert done.returncode in (0, 1) and done.stderr == b"", done.stderr

@@ -83,6 +83,26 @@ def main(argv=None):
     return run_role(module.main, argv, debug)
 
 
+DAEMONS = ("master", "node")  # they end through the interpreter's own shutdown (threads, handlers)
+
+
+def finish(code, argv=None):
+    """Exit with `code`. A client command ends without the interpreter's teardown (a few ms of
+    every call; nothing of it is buffered but the standard streams, flushed here); a daemon
+    role exits normally."""
+    argv = sys.argv[1:] if argv is None else argv
+    role = next((arg for arg in argv if not arg.startswith("-")), None)
+    if role in DAEMONS:
+        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`mgpu queue | head`): nothing more to say
+            pass
+    os._exit(code if isinstance(code, int) else 1 if code else 0)
+
+
 def run_role(role_main, argv, debug):
     from mgpu.errors import EXIT_ERROR, MgpuError
 
