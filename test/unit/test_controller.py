@@ -855,12 +855,19 @@ ROW_FIELDS = {"id": int, "user": str, "state": str, "priority": int, "gpus": int
               "end_time": (int, float, type(None))}
 
 
-def test_queue_rows_carry_what_a_user_needs():
+def three_kinds_of_jobs():
+    """A controller with a job that ended (exit 1), one running (named, 4000 MB) and one pending
+    (2 GPUs, priority 3): (controller, ended, running, pending)."""
     c = make(gpus=2)
     done = running_job(c)
     exited(c, done, T0 + 1, exit_code=1)
     running = running_job(c, now=T0 + 1, name="train", mem_mb=4000)
     pending = submitted(c, now=T0 + 2, gpus=2, priority=3)
+    return c, done, running, pending
+
+
+def test_queue_rows_carry_what_a_user_needs():
+    c, done, running, pending = three_kinds_of_jobs()
     c.schedule(T0 + 2)
     result = queue(c, all=True, now=T0 + 3)
     assert result["time"] == T0 + 3
@@ -912,11 +919,7 @@ def brief_lines(c, now=T0, **fields):
 
 
 def test_the_compact_queue_reply_has_the_table_cells_of_the_full_rows():
-    c = make(gpus=2)
-    done = running_job(c)
-    exited(c, done, T0 + 1, exit_code=1)
-    running = running_job(c, now=T0 + 1, name="train", mem_mb=4000)
-    pending = submitted(c, now=T0 + 2, gpus=2, priority=3)
+    c, done, running, pending = three_kinds_of_jobs()
     theirs = submitted(c, peer=BOB, now=T0 + 2, command=["sleep", "\x1b[2J"], name="a\x7fb\tc")
     c.schedule(T0 + 2)
     full = queue(c, all=True, now=T0 + 3)["jobs"]
