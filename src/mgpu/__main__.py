@@ -5,4 +5,8 @@ import sys
 from mgpu.cli import finish, main
 
 if __name__ == "__main__":
-    finish(main())
+    try:
+        code = main()
+    except SystemExit as e:  # e.g. --help or a usage error: printed already
+        code = e.code
+    finish(code)

@@ -139,6 +139,7 @@ def test_the_option_strings_of_srun_are_listed_for_sbatch():
 
 def _run_cli(*argv, stdout=subprocess.PIPE):
     env = dict(os.environ, PYTHONPATH=SRC, MGPU_SOCKET="/nonexistent/mgpu.sock")
+    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as in a plain shell
     return subprocess.run([sys.executable, "-m", "mgpu", *argv], env=env, stdout=stdout,
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
 

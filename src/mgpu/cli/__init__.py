@@ -100,6 +100,12 @@ def finish(code, argv=None):
                 stream.flush()
         except (OSError, ValueError):  # a closed pipe (`mgpu queue | head`): nothing more to say
             pass
+    if isinstance(code, str):  # SystemExit("message"), as the interpreter shows it
+        try:
+            sys.stderr.write(code + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(code if isinstance(code, int) else 1 if code else 0)
 
 
