@@ -93,14 +93,16 @@ class _PendingReply:
 
 class _Watcher:
     """One `srun -i` stream's inbox of job updates. A stream that also waits on its client's
-    input asks for wake_fd(): each update then writes a byte to that pipe, which ends the wait."""
+    input asks for wake_fd(): each update then writes a byte to that pipe, which ends the wait;
+    a relayed stream (nodelink.RelayStream) is woken through its wake() (`wake`)."""
 
-    __slots__ = ("job_id", "updates", "closed", "_pipe", "_lock")
+    __slots__ = ("job_id", "updates", "closed", "wake", "_pipe", "_lock")
 
-    def __init__(self, job_id):
+    def __init__(self, job_id, wake=None):
         self.job_id = job_id
         self.updates = queue.SimpleQueue()
         self.closed = False
+        self.wake = wake
         self._pipe = None
         self._lock = threading.Lock()
 
@@ -117,6 +119,8 @@ class _Watcher:
 
     def put(self, row):
         self.updates.put(row)
+        if self.wake is not None:
+            self.wake()
         with self._lock:
             if self._pipe is not None:
                 try:
@@ -824,7 +828,7 @@ class Master:
         prefixed with its rank. `stream`: "stdout" or "stderr", that output file alone. Files
         are read as the job's user, never as root."""
         label, follow, only = bool(request.get("label")), request.get("follow", True), request.get("stream")
-        watcher = _Watcher(row["id"])
+        watcher = _Watcher(row["id"], wake=getattr(connection, "wake", None))
         self.events.put({"kind": "watch", "watcher": watcher})
         files, partial = {}, {}
         last_status = None
@@ -834,8 +838,7 @@ class Master:
             while True:
                 poll = STREAM_POLL_RUNNING if row["state"] == JobState.RUNNING else STREAM_POLL_PENDING
                 if feed is not None and feed.waits_on_client(row):
-                    # Input and job updates wake the stream at once (over a node's relay,
-                    # updates wait for the poll's end).
+                    # Input and job updates wake the stream at once.
                     connection.readable(STREAM_POLL_TERMINAL if row.get("stdin") == "pty" else poll,
                                         wake_fd=watcher.wake_fd())
                     poll = 0

@@ -444,6 +444,7 @@ class RelayStream:
         self._input_bytes = 0
         self._taken = [0, 0]  # frames and bytes taken so far (what relay_input_done says)
         self._overflow = False
+        self._woken = False   # a job update came: the next (or current) readable() returns at once
         self._arrived = threading.Condition()
 
     def accept_input(self):
@@ -477,13 +478,21 @@ class RelayStream:
         with self._arrived:
             self._arrived.notify_all()
 
+    def wake(self):
+        """A job update for the stream: a wait in readable() ends now (or the next one does not
+        wait), as a byte on a local stream's wake-up pipe does."""
+        with self._arrived:
+            self._woken = True
+            self._arrived.notify_all()
+
     def readable(self, timeout, wake_fd=None):
         """True when an input frame is queued, or the stream's input is over (read() says how),
-        now or within `timeout` seconds (`wake_fd` is not watched here: job updates wait for
-        the end of `timeout`)."""
+        now or within `timeout` seconds; False at once after wake() (`wake_fd` is for a local
+        client's connection only)."""
         with self._arrived:
-            if not self._ready():
+            if not self._ready() and not self._woken:
                 self._arrived.wait(max(0.0, timeout))
+            self._woken = False
             return self._ready()
 
     def _ready(self):

@@ -148,6 +148,22 @@ def test_input_waits_wake_on_arrival(link):
     assert protocol.check_input(stream.read(1))["data"] == b"late"
 
 
+def test_a_job_update_ends_a_wait_for_input_without_input(link):
+    stream = link.open_stream(1)
+    stream.accept_input()
+    outcome = queue.Queue()
+    threading.Thread(target=lambda: outcome.put(stream.readable(30)), daemon=True).start()
+    time.sleep(0.2)
+    stream.wake()  # what the master's watcher does on each update of the job
+    assert outcome.get(timeout=5) is False  # woken, and no input to read
+    stream.wake()  # a wake-up before the wait: the wait does not start
+    started = time.monotonic()
+    assert stream.readable(30) is False and time.monotonic() - started < 5
+    assert stream.readable(0.05) is False  # one wake-up, one wait ended
+    link.relay_input(fields(b"typed"))
+    assert stream.readable(0) and protocol.check_input(stream.read(1))["data"] == b"typed"
+
+
 @pytest.mark.parametrize("end", ["cancel", "close"])
 def test_a_cancelled_stream_or_a_closed_link_ends_the_input(link, end):
     stream = link.open_stream(1)
