@@ -129,16 +129,19 @@ def test_a_pty_session_from_a_node_host_to_a_job_on_another_host(lab):
 def test_a_lost_link_ends_srun_with_one_line_and_the_jobs_stdin(lab):
     cluster = lab.start_cluster()
     marker = os.path.join(os.path.expanduser("~%s" % ALICE), "stdin-ended-%s" % secrets.token_hex(4))
+    flowing = marker + ".flowing"
     argv = list(cluster.installation.command(ALICE)) + [
         "srun", "-i", "--gpus", "1", "--nodelist", "n2", "--", "sh", "-c",
-        "echo reading; cat >/dev/null; echo eof > %s; sleep %s" % (marker, unique_sleep())]
+        "echo reading; read line; echo \"$line\" > %s; cat >/dev/null; echo eof > %s; sleep %s"
+        % (flowing, marker, unique_sleep())]
     client = popen_as(ALICE, argv, cluster.installation.env(lab.nodes["n1"].socket, ALICE),
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         client.stdin.write(b"some input\n")
         client.stdin.flush()
-        wait_for(lambda: any(j["state"] == "RUNNING" and j["user"] == ALICE for j in cluster.queue()["jobs"]),
-                 timeout=30, what="the job running")
+        # The link goes while input flows (the job has read a line): not before its input was
+        # opened, when the job's stdin would end only after the supervisor's INPUT_WAIT.
+        wait_for(lambda: os.path.exists(flowing), timeout=30, what="the job reading its first line")
         assert not os.path.exists(marker)
         lab.master.kill()  # every link is lost: n1's client, and n2's job's input
         assert client.wait(timeout=60) == 1
