@@ -148,12 +148,18 @@ def test_input_waits_wake_on_arrival(link):
     assert protocol.check_input(stream.read(1))["data"] == b"late"
 
 
-def test_a_job_update_ends_a_wait_for_input_without_input(link):
+def waiting_for_input(link):
+    """A stream granted input and a thread in its readable(30): (stream, queue of what it returns)."""
     stream = link.open_stream(1)
     stream.accept_input()
     outcome = queue.Queue()
     threading.Thread(target=lambda: outcome.put(stream.readable(30)), daemon=True).start()
     time.sleep(0.2)
+    return stream, outcome
+
+
+def test_a_job_update_ends_a_wait_for_input_without_input(link):
+    stream, outcome = waiting_for_input(link)
     stream.wake()  # what the master's watcher does on each update of the job
     assert outcome.get(timeout=5) is False  # woken, and no input to read
     stream.wake()  # a wake-up before the wait: the wait does not start
@@ -181,11 +187,7 @@ def test_a_cancelled_stream_or_a_closed_link_ends_the_input(link, end):
 
 
 def test_a_thread_waiting_for_input_wakes_when_the_stream_is_cancelled(link):
-    stream = link.open_stream(1)
-    stream.accept_input()
-    outcome = queue.Queue()
-    threading.Thread(target=lambda: outcome.put(stream.readable(30)), daemon=True).start()
-    time.sleep(0.2)
+    _, outcome = waiting_for_input(link)
     link.cancel_stream(1)
     assert outcome.get(timeout=5) is True
 
