@@ -388,7 +388,10 @@ class Master:
             stored = self._write_unsaved()
         if not stored:
             actions = self._hold_back(actions)
-        lines = []
+        # The log lines first: what the log says was done is there when a client hears it was.
+        lines = [action.line for action in actions if type(action) is ctl.Log]
+        if lines:
+            log(*lines)
         envs = {}  # job id -> its stored environment, read once for all the parts launched here
         for action in actions:
             kind = type(action)
@@ -406,10 +409,6 @@ class Master:
                     link.release(action.job_id, action.attempt)
             elif kind is ctl.ReadHistory:
                 self.history.submit(action)
-            elif kind is ctl.Log:
-                lines.append(action.line)
-        if lines:
-            log(*lines)
         if self.watchers and actions:
             self._update_watchers()
 
