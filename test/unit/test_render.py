@@ -90,3 +90,17 @@ def test_the_gpus_table_names_a_node_out_of_service():
     table = render.gpus_table([{"name": "a", "state": "drained", "gpus": [gpu]},
                                {"name": "b", "state": "mixed", "gpus": [gpu]}])
     assert table.split("\n")[1].split()[:2] == ["a", "(drained)"] and table.split("\n")[2].split()[0] == "b"
+
+
+def test_the_exit_column_shows_when_asked_or_when_a_listed_job_has_ended():
+    from mgpu import cells
+
+    pending = cells.queue_line(job(), 100)
+    ended = cells.queue_line(job(id=8, state="FAILED", exit_code=3, start_time=50, end_time=60), 100)
+    assert render.cells_table([pending], 100).split("\n")[0].split() == [
+        "JOBID", "USER", "STATE", "PRI", "GPUS", "START", "TIME", "LIMIT", "RESTARTS", "NAME", "NODE:GPUS", "(REASON)"]
+    assert "EXIT" in render.cells_table([pending], 100, show_exit=True).split("\n")[0]
+    shown = render.cells_table([pending, ended], 100).split("\n")
+    assert "EXIT" in shown[0] and shown[2].split()[:3] == ["8", "alice", "FAILED"] and " 3 " in shown[2]
+    with pytest.raises(ValueError):
+        render.cells_table([pending + cells.SEPARATOR + "extra"], 100)

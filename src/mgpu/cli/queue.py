@@ -45,9 +45,7 @@ def main(argv):
     lines = result["cells"]
     now = render.now_of(result)
     try:
-        show_exit = args.all or any(line.split(cells.SEPARATOR, 3)[2] not in ("PENDING", "RUNNING")
-                                    for line in lines)
-        shown = render.cells_table(lines, now, show_exit)
+        shown = render.cells_table(lines, now, show_exit=True if args.all else None)
     except (AttributeError, IndexError, TypeError, ValueError):
         raise MgpuError(errors.BAD_REQUEST, "the master's queue reply is malformed (not rows of %d cells)"
                         % len(cells.COLUMNS)) from None

@@ -12,32 +12,34 @@ from mgpu.cells import elapsed, gpus_cell, job_label, name_cell, text  # noqa: F
 from mgpu.model import format_duration
 
 
-def table(headers, rows):
-    """Left-aligned columns separated by two spaces; the last column is not padded."""
+def table(headers, rows, hidden=()):
+    """Left-aligned columns separated by two spaces; the last column is not padded. A column
+    whose index is in `hidden` is left out (its cells may stay in the rows)."""
     widths = [len(h) for h in headers]
     if rows:
         widths = [max(width, max(map(len, column))) for width, column in zip(widths, zip(*rows))]
-    line = "  ".join("%%-%ds" % width for width in widths[:-1]) + ("  %s" if len(widths) > 1 else "%s")
+    line, shown = "", 0
+    for i, width in enumerate(widths):
+        if i in hidden:
+            line += "%.0s"  # the cell is there, shown as nothing
+            continue
+        line += ("  " if shown else "") + ("%s" if i == len(widths) - 1 else "%%-%ds" % width)
+        shown += 1
     return "\n".join((line % tuple(row)).rstrip() for row in [headers] + rows)
 
 
-def cells_table(lines, now, show_exit):
+def cells_table(lines, now, show_exit=None):
     """`mgpu queue`'s jobs table from its rows as the master sends them (cells.queue_line): the
-    EXIT column only with `show_exit`."""
-    headers = list(cells.COLUMNS)
-    start, exit_ = cells.START, cells.EXIT
+    EXIT column with `show_exit`, or when None, when a row's job has ended."""
     rows = [line.split(cells.SEPARATOR) for line in lines]
+    start, state = cells.START, cells.COLUMNS.index("STATE")
     for row in rows:
+        if len(row) != len(cells.COLUMNS):
+            raise ValueError("a queue row has not %d cells" % len(cells.COLUMNS))
         row[start] = clock(float(row[start]), now) if row[start] else "-"
-    rows.insert(0, headers)
-    if any(len(row) != len(headers) for row in rows):
-        raise ValueError("a queue row has not %d cells" % len(headers))
-    widths = [max(map(len, column)) for column in zip(*rows)]
-    formats = ["%%-%ds" % width for width in widths[:-1]] + ["%s"]
-    if not show_exit:
-        formats[exit_] = "%.0s"  # the cell is there, shown as nothing
-    line = "  ".join(formats).replace("%.0s  ", "%.0s")
-    return "\n".join((line % tuple(row)).rstrip() for row in rows)
+    if show_exit is None:
+        show_exit = any(row[state] not in ("PENDING", "RUNNING") for row in rows)
+    return table(list(cells.COLUMNS), rows, hidden=() if show_exit else (cells.EXIT,))
 
 
 def jobs_table(jobs, now, show_exit):
