@@ -116,23 +116,23 @@ def encode_value(value):
     return _dumps(value)
 
 
+def _has_encoded(message):
+    result = message.get("result")
+    return type(result) is dict and any(type(value) is Encoded for value in result.values())
+
+
 def plain(message):
     """`message` with each Encoded value of its result decoded again (to put it inside another
     message, e.g. a relayed reply)."""
-    result = message.get("result")
-    if type(result) is not dict or not any(type(value) is Encoded for value in result.values()):
+    if not _has_encoded(message):
         return message
-    result = {key: _loads(value.text) if type(value) is Encoded else value for key, value in result.items()}
+    result = {key: _loads(value.text) if type(value) is Encoded else value for key, value in message["result"].items()}
     return dict(message, result=result)
 
 
 def encode(message):
     """One frame: the message as a JSON line."""
-    result = message.get("result")
-    if type(result) is dict and any(type(value) is Encoded for value in result.values()):
-        text = _dumps_result(message)
-    else:
-        text = _dumps(message)
+    text = _dumps_result(message) if _has_encoded(message) else _dumps(message)
     data = (text + "\n").encode("utf-8", "surrogateescape")
     if len(data) > MAX_REPLY:
         raise MgpuError(errors.TOO_LARGE, "message of %d bytes is over the %d-byte limit"
