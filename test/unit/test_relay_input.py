@@ -237,6 +237,17 @@ def granted(row=None):
     return protocol.ok(dict(row or job_row("RUNNING"), input=True, input_refused=None))
 
 
+def granted_attach(node, link):
+    """A client's attach with input through `node`, granted by the (test's) master: (client,
+    the relay's request id)."""
+    client = attach_with_input(node)
+    request_id = link.expect("relay")["request_id"]
+    link.send("relay_reply", request_id=request_id, reply=granted())
+    reply = client.read(10)
+    assert reply["ok"] is True and reply["result"]["input"] is True, reply
+    return client, request_id
+
+
 def send_quietly(client, frames):
     """Send input frames from a thread of its own until the connection is closed."""
     try:
@@ -269,10 +280,7 @@ def test_a_node_relays_submit_stdin_and_the_attachs_input_request_as_they_are(cl
 @needs_openssl
 def test_granted_input_goes_to_the_master_in_order_and_the_end_follows(cluster):
     node, link = linked_node(cluster)
-    client = attach_with_input(node)
-    request_id = link.expect("relay")["request_id"]
-    link.send("relay_reply", request_id=request_id, reply=granted())
-    assert client.read(10)["result"]["input"] is True
+    client, request_id = granted_attach(node, link)
     client.send(protocol.input_frame(rows=30, cols=100))
     client.send(protocol.input_frame(b"a\nb\n"))
     client.send(protocol.input_frame(b"\x00\xfe", eof=True))
@@ -289,10 +297,7 @@ def test_granted_input_goes_to_the_master_in_order_and_the_end_follows(cluster):
 @needs_openssl
 def test_output_still_flows_while_the_window_is_full_and_input_resumes_when_answered(cluster):
     node, link = linked_node(cluster)
-    client = attach_with_input(node)
-    request_id = link.expect("relay")["request_id"]
-    link.send("relay_reply", request_id=request_id, reply=granted())
-    assert client.read(10)["ok"] is True
+    client, request_id = granted_attach(node, link)
     chunk = b"z" * protocol.MAX_INPUT_DATA
     total = 12
     sender = threading.Thread(target=lambda: [client.send(protocol.input_frame(chunk)) for _ in range(total)],
@@ -335,10 +340,7 @@ def test_input_is_not_read_when_the_master_did_not_grant_it(cluster):
 @needs_openssl
 def test_a_client_that_sends_what_is_not_input_gets_one_line_and_the_stream_is_cancelled(cluster):
     node, link = linked_node(cluster)
-    client = attach_with_input(node)
-    request_id = link.expect("relay")["request_id"]
-    link.send("relay_reply", request_id=request_id, reply=granted())
-    assert client.read(10)["ok"] is True
+    client, request_id = granted_attach(node, link)
     client.send(protocol.request("input", rows=0, cols=80))
     frames = read_all(client)
     assert len(frames) == 1 and frames[0]["ok"] is False and "rows must be from 1 to 65535" in frames[0]["message"]
@@ -350,10 +352,7 @@ def test_a_client_that_sends_what_is_not_input_gets_one_line_and_the_stream_is_c
 def test_answers_for_unknown_request_ids_are_ignored(cluster):
     node, link = linked_node(cluster)
     link.send("relay_input_done", request_id=4242, frames=10 ** 6, bytes=10 ** 9)
-    client = attach_with_input(node)
-    request_id = link.expect("relay")["request_id"]
-    link.send("relay_reply", request_id=request_id, reply=granted())
-    assert client.read(10)["ok"] is True
+    client, request_id = granted_attach(node, link)
     # An answer claiming more than was sent does not open the window wider.
     link.send("relay_input_done", request_id=request_id, frames=10 ** 6, bytes=10 ** 9)
     chunk = b"q" * protocol.MAX_INPUT_DATA
@@ -372,10 +371,7 @@ def test_answers_for_unknown_request_ids_are_ignored(cluster):
 def test_a_lost_link_ends_an_input_stream_with_one_line_and_drops_its_queued_input(cluster):
     node, link = linked_node(cluster)
     master, _ = cluster
-    client = attach_with_input(node)
-    request_id = link.expect("relay")["request_id"]
-    link.send("relay_reply", request_id=request_id, reply=granted())
-    assert client.read(10)["ok"] is True
+    client, request_id = granted_attach(node, link)
     link.connection.close()
     frames = read_all(client, timeout=20)
     assert len(frames) == 1 and frames[0]["ok"] is False
@@ -388,10 +384,7 @@ def test_a_lost_link_ends_an_input_stream_with_one_line_and_drops_its_queued_inp
 @needs_openssl
 def test_a_client_that_goes_away_with_input_held_back_cancels_the_stream(cluster):
     node, link = linked_node(cluster)
-    client = attach_with_input(node)
-    request_id = link.expect("relay")["request_id"]
-    link.send("relay_reply", request_id=request_id, reply=granted())
-    assert client.read(10)["ok"] is True
+    client, request_id = granted_attach(node, link)
     chunk = b"w" * protocol.MAX_INPUT_DATA
     window = protocol.RELAY_INPUT_WINDOW // protocol.MAX_INPUT_DATA
     for _ in range(window):
