@@ -92,49 +92,22 @@ class _PendingReply:
 
 
 class _Watcher:
-    """One `srun -i` stream's inbox of job updates. A stream that also waits on its client's
-    input asks for wake_fd(): each update then writes a byte to that pipe, which ends the wait;
-    a relayed stream (nodelink.RelayStream) is woken through its wake() (`wake`)."""
+    """One `srun -i` stream's inbox of job updates. `wake`, for a stream that also waits on its
+    client's input: its connection's wake(), which ends that wait (transport.Connection,
+    nodelink.RelayStream)."""
 
-    __slots__ = ("job_id", "updates", "closed", "wake", "_pipe", "_lock")
+    __slots__ = ("job_id", "updates", "closed", "wake")
 
     def __init__(self, job_id, wake=None):
         self.job_id = job_id
         self.updates = queue.SimpleQueue()
         self.closed = False
         self.wake = wake
-        self._pipe = None
-        self._lock = threading.Lock()
-
-    def wake_fd(self):
-        """The read end of the wake-up pipe (made on first use), emptied of earlier wake-ups."""
-        with self._lock:
-            if self._pipe is None:
-                self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                os.read(self._pipe[0], 4096)
-            except OSError:
-                pass
-            return self._pipe[0]
 
     def put(self, row):
         self.updates.put(row)
         if self.wake is not None:
             self.wake()
-        with self._lock:
-            if self._pipe is not None:
-                try:
-                    os.write(self._pipe[1], b"w")
-                except OSError:
-                    pass  # full: a wake-up is pending already
-
-    def close(self):
-        with self._lock:
-            self.closed = True
-            if self._pipe is not None:
-                for fd in self._pipe:
-                    os.close(fd)
-                self._pipe = None
 
 
 class Master:
@@ -827,7 +800,7 @@ class Master:
         prefixed with its rank. `stream`: "stdout" or "stderr", that output file alone. Files
         are read as the job's user, never as root."""
         label, follow, only = bool(request.get("label")), request.get("follow", True), request.get("stream")
-        watcher = _Watcher(row["id"], wake=getattr(connection, "wake", None))
+        watcher = _Watcher(row["id"], wake=connection.wake if feed is not None else None)
         self.events.put({"kind": "watch", "watcher": watcher})
         files, partial = {}, {}
         last_status = None
@@ -838,8 +811,7 @@ class Master:
                 poll = STREAM_POLL_RUNNING if row["state"] == JobState.RUNNING else STREAM_POLL_PENDING
                 if feed is not None and feed.waits_on_client(row):
                     # Input and job updates wake the stream at once.
-                    connection.readable(STREAM_POLL_TERMINAL if row.get("stdin") == "pty" else poll,
-                                        wake_fd=watcher.wake_fd())
+                    connection.readable(STREAM_POLL_TERMINAL if row.get("stdin") == "pty" else poll)
                     poll = 0
                 try:
                     row = watcher.updates.get(timeout=poll) if poll else watcher.updates.get_nowait()
@@ -870,7 +842,7 @@ class Master:
         except OSError:
             return
         finally:
-            watcher.close()
+            watcher.closed = True
             for output in files.values():
                 if output is not None:
                     output.close()

@@ -480,15 +480,14 @@ class RelayStream:
 
     def wake(self):
         """A job update for the stream: a wait in readable() ends now (or the next one does not
-        wait), as a byte on a local stream's wake-up pipe does."""
+        wait), as transport.Connection.wake() does for a local client."""
         with self._arrived:
             self._woken = True
             self._arrived.notify_all()
 
-    def readable(self, timeout, wake_fd=None):
+    def readable(self, timeout):
         """True when an input frame is queued, or the stream's input is over (read() says how),
-        now or within `timeout` seconds; False at once after wake() (`wake_fd` is for a local
-        client's connection only)."""
+        now or within `timeout` seconds; False at once after wake()."""
         with self._arrived:
             if not self._ready() and not self._woken:
                 self._arrived.wait(max(0.0, timeout))

@@ -6,6 +6,7 @@ per user). Must not: know what messages mean.
 """
 
 import _socket
+import _thread
 import os
 import stat
 import sys
@@ -41,6 +42,10 @@ def peer_credentials(sock):
     return PeerCredentials(*(int.from_bytes(creds[i:i + 4], sys.byteorder, signed=True) for i in (0, 4, 8)))
 
 
+# Guards every Connection's wake-up pipe: made, written and closed by different threads.
+_WAKE_LOCK = _thread.allocate_lock()
+
+
 class Connection:
     """A framed, size-limited, timed connection over a stream socket."""
 
@@ -48,6 +53,8 @@ class Connection:
         self.sock = sock
         self.max_frame = max_frame
         self._buffer = bytearray()
+        self._wake = None      # (read end, write end) of the wake-up pipe, made by readable() or wake()
+        self._closed = False
 
     def send(self, message):
         self.send_raw(protocol.encode(message))
@@ -131,19 +138,42 @@ class Connection:
                 return None
             buffer += chunk
 
-    def readable(self, timeout, wake_fd=None):
+    def _wake_pipe(self):
+        """The wake-up pipe, made on first use (under _WAKE_LOCK); None once closed."""
+        if self._wake is None and not self._closed:
+            self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        return self._wake
+
+    def wake(self):
+        """End a wait in readable() now, or the next one at once (False): for a thread that also
+        waits on something else (a job's updates). Any thread; after close() it does nothing."""
+        with _WAKE_LOCK:
+            wake = self._wake_pipe()
+            if wake is not None:
+                try:
+                    os.write(wake[1], b"w")
+                except OSError:
+                    pass  # full: a wake-up is pending already
+
+    def readable(self, timeout):
         """True when a frame (or a piece of one, or the end of the stream) can be read now or
-        arrives within `timeout` seconds. A byte on `wake_fd` (a pipe's read end) ends the wait
-        early (False): the caller has something else to look at."""
+        arrives within `timeout` seconds; False at once after wake()."""
         if b"\n" in self._buffer:
             return True
         import select
 
-        waited = [self.sock] if wake_fd is None else [self.sock, wake_fd]
+        with _WAKE_LOCK:
+            wake = self._wake_pipe()
+        waited = [self.sock] if wake is None else [self.sock, wake[0]]
         try:
             readable, _, _ = select.select(waited, [], [], max(0.0, timeout))
         except (OSError, ValueError):
             return True  # closed: the read says so
+        if wake is not None and wake[0] in readable:
+            try:
+                os.read(wake[0], 4096)  # taken: later wake-ups are new ones
+            except OSError:
+                pass
         return self.sock in readable
 
     def peer_closed(self):
@@ -164,6 +194,11 @@ class Connection:
         return data == b""
 
     def close(self):
+        with _WAKE_LOCK:
+            self._closed = True
+            wake, self._wake = self._wake, None
+        for fd in wake or ():
+            os.close(fd)
         try:
             self.sock.close()
         except OSError:

@@ -234,6 +234,25 @@ def pair():
     theirs.close()
 
 
+def test_wake_ends_a_wait_for_the_clients_next_frame(pair):
+    connection, theirs = pair
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(connection.readable(30)), daemon=True)
+    waiter.start()
+    time.sleep(0.2)
+    connection.wake()  # what the master's watcher does on each update of the job
+    waiter.join(5)
+    assert outcome == [False]  # woken, and nothing from the client
+    connection.wake()  # a wake-up before the wait: the wait does not start
+    started = time.monotonic()
+    assert connection.readable(30) is False and time.monotonic() - started < 5
+    assert connection.readable(0.05) is False  # one wake-up, one wait ended
+    theirs.sendall(b'{"type":"input"}\n')
+    assert connection.readable(5) is True
+    connection.close()
+    connection.wake()  # after close: nothing (its pipe is gone, no descriptor is written)
+
+
 def send_later(sock, pieces, gap=0.01):
     """Send `pieces` from a thread, `gap` seconds apart (the reader must reassemble them)."""
     def run():
